@@ -1,0 +1,122 @@
+"""Registry of supported architectures: which weight matmuls get spiking inputs, and which share them.
+
+Adding an architecture is adding an entry to ``ARCHITECTURES``; ``spikify`` applies an entry to a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import SpikingConfig
+from .layers import SYNAPSES, SpikeEncoder, SpikingLinear
+
+
+@dataclass(frozen=True)
+class EncoderGroup:
+    """One population of encoder neurons inside a decoder block, feeding one or more matmuls."""
+
+    name: str  # attribute the encoder is registered under, on ``owner``
+    owner: str  # path of the owning submodule inside a block
+    consumers: tuple[str, ...]  # paths of the matmuls (inside a block) that read the same input
+
+
+@dataclass(frozen=True)
+class Architecture:
+    blocks: str  # path of the ModuleList of decoder blocks
+    groups: tuple[EncoderGroup, ...]
+
+
+_LLAMA_LAYOUT = Architecture(
+    blocks="model.layers",
+    groups=(
+        EncoderGroup("encoder_qkv", "self_attn", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+        EncoderGroup("encoder_o", "self_attn", ("self_attn.o_proj",)),
+        EncoderGroup("encoder_gate_up", "mlp", ("mlp.gate_proj", "mlp.up_proj")),
+        EncoderGroup("encoder_down", "mlp", ("mlp.down_proj",)),
+    ),
+)
+
+_GPT2_LAYOUT = Architecture(
+    blocks="transformer.h",
+    groups=(
+        EncoderGroup("encoder_qkv", "attn", ("attn.c_attn",)),
+        EncoderGroup("encoder_o", "attn", ("attn.c_proj",)),
+        EncoderGroup("encoder_fc", "mlp", ("mlp.c_fc",)),
+        EncoderGroup("encoder_proj", "mlp", ("mlp.c_proj",)),
+    ),
+)
+
+# model_type (as in a transformers config) -> layout.
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": _LLAMA_LAYOUT,
+    "mistral": _LLAMA_LAYOUT,
+    "qwen2": _LLAMA_LAYOUT,
+    "gpt2": _GPT2_LAYOUT,
+}
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+def architecture_for(model_type: str) -> Architecture:
+    """The registry entry for ``model_type``; raises naming the type and the supported ones."""
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} is not supported by STAC; supported model types: "
+            f"{sorted(ARCHITECTURES)}"
+        ) from None
+
+
+def in_features(layer: nn.Module) -> int:
+    if isinstance(layer, nn.Linear):
+        return layer.in_features
+    return layer.weight.shape[0]  # Conv1D: [in, out]
+
+
+def blocks_of(model: nn.Module, arch: Architecture) -> nn.ModuleList:
+    return model.get_submodule(arch.blocks)
+
+
+def group_consumers(block: nn.Module, group: EncoderGroup) -> list[nn.Module]:
+    return [block.get_submodule(path) for path in group.consumers]
+
+
+def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]:
+    """Replace, in place, every registered matmul of ``model`` by a SpikingLinear fed by a SpikeEncoder.
+
+    Thresholds start at 1 and are set by calibration or by loading a checkpoint. Returns the encoders
+    by their full module name. Checks everything before changing anything, so an unsupported model is
+    left untouched.
+    """
+    arch = architecture_for(model.config.model_type)
+    blocks = blocks_of(model, arch)
+    for block in blocks:
+        for group in arch.groups:
+            for layer in group_consumers(block, group):
+                if type(layer) not in SYNAPSES:
+                    raise UnsupportedArchitectureError(
+                        f"cannot make {type(layer).__name__} spiking in {group.consumers}; supported "
+                        f"module types: {[t.__name__ for t in SYNAPSES]}"
+                    )
+    encoders = {}
+    for i, block in enumerate(blocks):
+        for group in arch.groups:
+            layers = group_consumers(block, group)
+            encoder = SpikeEncoder(in_features(layers[0]), spiking.coding, spiking.timesteps, spiking.engine)
+            block.get_submodule(group.owner).add_module(group.name, encoder)
+            for path, layer in zip(group.consumers, layers):
+                parent_path, _, attr = path.rpartition(".")
+                parent = block.get_submodule(parent_path) if parent_path else block
+                setattr(parent, attr, SpikingLinear(layer, encoder))
+            encoders[f"{arch.blocks}.{i}.{group.owner}.{group.name}"] = encoder
+    return encoders
+
+
+def encoders_of(model: nn.Module) -> dict[str, SpikeEncoder]:
+    """All SpikeEncoders of a model, by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, SpikeEncoder)}

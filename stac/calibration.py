@@ -1,0 +1,51 @@
+"""Calibration: per-input-channel activation statistics of the ANN, gathered with forward pre-hooks.
+
+The ANN is only observed: hooks are removed and its training flag restored whatever happens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .architectures import Architecture, blocks_of, group_consumers
+from .data import CALIBRATION_CHATS, chat_token_sequences, read_text, token_windows
+
+
+def default_calibration(tokenizer, n_tokens: int = 5120, window: int = 512) -> list[torch.Tensor]:
+    """Chat-formatted prompts plus ``n_tokens`` of gensim's ``lee.cor`` (never the evaluation text)."""
+    chats = chat_token_sequences(tokenizer, CALIBRATION_CHATS) if tokenizer.chat_template else []
+    return chats + token_windows(tokenizer, read_text("lee"), n_tokens, window)
+
+
+@torch.no_grad()
+def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tensor],
+                progress: bool = False) -> dict[tuple[int, str], torch.Tensor]:
+    """Largest |x| per input channel of every encoder group, keyed by (block index, group name)."""
+    if not sequences:
+        raise ValueError("calibration needs at least one token sequence")
+    stats: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+
+    def observer(key):
+        def hook(module, args):
+            x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).amax(0)
+            stats[key] = x if key not in stats else torch.maximum(stats[key], x)
+        return hook
+
+    for i, block in enumerate(blocks_of(model, arch)):
+        for group in arch.groups:
+            first = group_consumers(block, group)[0]
+            handles.append(first.register_forward_pre_hook(observer((i, group.name))))
+    was_training = model.training
+    model.eval()
+    try:
+        for ids in tqdm(sequences, desc="calibrating", unit="seq", disable=not progress):
+            ids = ids.reshape(1, -1).to(model.device)
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return stats

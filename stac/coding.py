@@ -1,0 +1,168 @@
+"""Spike codings: how a real activation becomes a spike train, and the closed form of that train.
+
+A coding turns an activation x (per input channel c, with calibrated threshold theta_c) into
+
+    u = normalise(x, theta)            (float32, exact grid; see each coding)
+    train = node(input_sequence(u))    [T, ..., d] spikes in {-1, 0, +1}    time-stepped engine
+    levels = levels(u)                 [..., d] integers                    closed-form engine
+
+with the identity  sum_t step_weight[t] * train[t] == levels  holding exactly, and the decoded value
+x_hat = unit(theta) * levels. ``spike_count(levels)`` gives the number of spikes each neuron emits without
+running the T loop. Codings are looked up by name in ``CODINGS``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from spikingjelly.activation_based.neuron import SimpleBaseNode
+
+from .neurons import BitPlaneNode, SignedIFNode, bitplane_spike_count, step_weights_bitplane
+
+# Rate-coded input currents are rounded to multiples of 2^-12 of the threshold: sums of T such currents
+# are exact in float32 (for T < 4096), which the closed form relies on. The rounding error (1/8192 of a
+# threshold) is far below one rate-coded level (1/T).
+_RATE_GRID = 4096.0
+
+
+class Coding:
+    """Base class of a spike coding with T timesteps."""
+
+    name: str = ""
+    max_timesteps: int = 0
+
+    def __init__(self, timesteps: int):
+        if not isinstance(timesteps, int) or isinstance(timesteps, bool):
+            raise TypeError(f"timesteps must be an int, got {type(timesteps).__name__}")
+        if not 1 <= timesteps <= self.max_timesteps:
+            raise ValueError(
+                f"coding {self.name!r} needs 1 <= timesteps <= {self.max_timesteps}, got {timesteps}"
+            )
+        self.timesteps = timesteps
+
+    # What one level is worth in input units, per channel.
+    def unit(self, threshold: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def normalise(self, x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def input_sequence(self, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def make_node(self) -> SimpleBaseNode:
+        raise NotImplementedError
+
+    def step_weights(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def levels(self, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def spike_count(self, levels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def max_level(self) -> int:
+        raise NotImplementedError
+
+
+class RateCoding(Coding):
+    """Signed rate coding: a SignedIFNode driven by a constant current for T steps; 2T+1 levels."""
+
+    name = "rate"
+    max_timesteps = 4095
+
+    def unit(self, threshold):
+        return threshold / self.timesteps
+
+    def normalise(self, x, threshold):
+        u = (x.float() / threshold).clamp(-1.0, 1.0)
+        return torch.round(u * _RATE_GRID) / _RATE_GRID
+
+    def input_sequence(self, u):
+        return u.unsqueeze(0).expand(self.timesteps, *u.shape)
+
+    def make_node(self):
+        return SignedIFNode(step_mode="m")
+
+    def step_weights(self):
+        return torch.ones(self.timesteps)
+
+    def levels(self, u):
+        # Membrane after T steps: 1/2 + T*u - N, kept in [0, 1) while |u| <= 1, so N = floor(1/2 + T*u).
+        return torch.floor(0.5 + self.timesteps * u)
+
+    def spike_count(self, levels):
+        # With a constant current of one sign the neuron only ever fires spikes of that sign.
+        return levels.abs().to(torch.int64)
+
+    @property
+    def max_level(self):
+        return self.timesteps
+
+
+class BitPlaneCoding(Coding):
+    """Binary-weighted spike timing: one BitPlaneNode per value, 2^T - 1 levels per sign."""
+
+    name = "bitplane"
+    max_timesteps = 20
+    sparsity = 1.0
+
+    def unit(self, threshold):
+        return threshold / self.max_level
+
+    def normalise(self, x, threshold):
+        m = float(self.max_level)
+        return (x.float() / self.unit(threshold)).clamp(-m, m)
+
+    def input_sequence(self, u):
+        seq = torch.zeros(self.timesteps, *u.shape, dtype=u.dtype, device=u.device)
+        seq[0] = u
+        return seq
+
+    def make_node(self):
+        return BitPlaneNode(self.timesteps, self.sparsity, step_mode="m")
+
+    def step_weights(self):
+        return torch.tensor(step_weights_bitplane(self.timesteps), dtype=torch.float32)
+
+    def levels(self, u):
+        # floor(u + 1/2) without forming u + 1/2, which can round up across an integer in float32.
+        f = torch.floor(u)
+        return f + (u - f >= 0.5).to(u.dtype)
+
+    def spike_count(self, levels):
+        return bitplane_spike_count(levels, self.timesteps, self.sparsity)
+
+    @property
+    def max_level(self):
+        return 2**self.timesteps - 1
+
+
+class SignedDigitCoding(BitPlaneCoding):
+    """Bit-plane timing with a signed-digit firing rule: same levels as ``bitplane``, fewer spikes."""
+
+    name = "signed_digit"
+    sparsity = 0.75
+
+
+CODINGS: dict[str, Callable[[int], Coding]] = {
+    c.name: c for c in (RateCoding, BitPlaneCoding, SignedDigitCoding)
+}
+
+
+def make_coding(name: str, timesteps: int) -> Coding:
+    """Look up a coding by name; unknown names raise a ValueError listing the known ones."""
+    try:
+        cls = CODINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown spike coding {name!r}; known codings: {sorted(CODINGS)}") from None
+    return cls(timesteps)
+
+
+def log2_levels(coding: Coding) -> float:
+    """Bits of resolution per sign a coding gives (for reports)."""
+    return math.log2(coding.max_level + 1)

@@ -1,0 +1,76 @@
+"""SpikingConfig: every parameter of a conversion, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .coding import CODINGS, make_coding
+
+ENGINES = ("closed_form", "time_stepped")
+
+# What stays in floating point in a converted model (written into the saved config so that a reader of the
+# checkpoint knows exactly which operations are spike-driven and which are not).
+FLOAT_OPERATIONS = (
+    "token and position embeddings",
+    "normalisation layers (RMSNorm / LayerNorm)",
+    "attention scores QK^T, softmax and the attention-weighted sum AV",
+    "rotary position embeddings",
+    "MLP activation function (SiLU / GELU) and the gate*up product",
+    "residual additions",
+    "lm_head",
+)
+
+
+@dataclass(frozen=True)
+class SpikingConfig:
+    """How a model is converted into a spiking network.
+
+    Every input to a weight matmul inside the decoder blocks is produced by spiking neurons of ``coding``
+    run for ``timesteps`` steps; per-input-channel thresholds are ``threshold_margin`` times the largest
+    |activation| seen on calibration text.
+    """
+
+    timesteps: int = 12  # T, steps each neuron runs per token
+    coding: str = "signed_digit"  # one of stac.coding.CODINGS
+    threshold_margin: float = 4.0  # threshold = margin * per-channel max |x| on calibration data
+    engine: str = "closed_form"  # "closed_form" (fast, no T loop) or "time_stepped" (spike trains)
+    min_threshold: float = 1e-4  # floor for channels that never fired during calibration
+    float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
+
+    def __post_init__(self):
+        for name, kind in (("timesteps", int), ("coding", str), ("engine", str)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise TypeError(f"SpikingConfig.{name} must be {kind.__name__}, got {value!r}")
+        for name in ("threshold_margin", "min_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"SpikingConfig.{name} must be a number, got {value!r}")
+            if not value > 0 or value != value or value == float("inf"):
+                raise ValueError(f"SpikingConfig.{name} must be a positive finite number, got {value!r}")
+        if self.coding not in CODINGS:
+            raise ValueError(f"unknown spike coding {self.coding!r}; known codings: {sorted(CODINGS)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; known engines: {list(ENGINES)}")
+        make_coding(self.coding, self.timesteps)  # range-checks T for this coding
+        object.__setattr__(self, "float_operations", tuple(self.float_operations))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["float_operations"] = list(self.float_operations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SpikingConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"spiking config must be a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown spiking config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "SpikingConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,69 @@
+"""convert(model, config) -> a new StacForCausalLM. The input model is never modified.
+
+Stages, in order: validate -> calibrate -> build -> load weights -> set thresholds. Nothing is returned
+(and nothing is changed) unless every stage succeeds.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import PreTrainedModel
+
+from .architectures import architecture_for
+from .calibration import channel_max, default_calibration
+from .config import SpikingConfig
+from .configuration_stac import StacConfig
+from .modeling_stac import StacForCausalLM
+
+# Keys of a base config that describe how the ANN was stored, not what it computes.
+_STORAGE_KEYS = ("quantization_config", "_name_or_path", "name_or_path", "dtype", "torch_dtype")
+
+
+def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibration=None,
+            tokenizer=None, progress: bool = False) -> StacForCausalLM:
+    """Convert a causal LM into a spiking StacForCausalLM.
+
+    Args:
+        model: a transformers causal LM of a registered architecture (see ``stac.ARCHITECTURES``).
+        config: spiking parameters (defaults: ``SpikingConfig()``).
+        calibration: token id sequences (1-D tensors) to calibrate thresholds on. Defaults to
+            ``default_calibration(tokenizer)``.
+        tokenizer: needed only when ``calibration`` is not given.
+        progress: show a progress bar while calibrating.
+    """
+    config = config or SpikingConfig()
+    if not isinstance(config, SpikingConfig):
+        raise TypeError(f"config must be a SpikingConfig, got {type(config).__name__}")
+    arch = architecture_for(model.config.model_type)
+    if calibration is None:
+        if tokenizer is None:
+            raise ValueError("convert needs calibration sequences or a tokenizer to build the default ones")
+        calibration = default_calibration(tokenizer)
+
+    stats = channel_max(model, arch, list(calibration), progress=progress)
+
+    text_config = model.config.to_dict()
+    for key in _STORAGE_KEYS:
+        text_config.pop(key, None)
+    stac_config = StacConfig(text_config=text_config, spiking=config.to_dict(),
+                             base_model_name=model.config.name_or_path or None)
+    # A deep copy keeps the base model's buffers (rotary tables, masks) and weight ties exactly as they are.
+    base = copy.deepcopy(model)
+    base.config = stac_config.text_config
+    snn = StacForCausalLM(stac_config, base_model=base)
+    encoders = snn.encoders
+    for (i, group), ch_max in stats.items():
+        name = f"model.{arch.blocks}.{i}.{_owner(arch, group)}.{group}"
+        threshold = (ch_max * config.threshold_margin).clamp_min(config.min_threshold)
+        encoders[name].threshold.copy_(threshold)
+    if len(stats) != len(encoders):
+        raise RuntimeError(f"calibration reached {len(stats)} of {len(encoders)} encoders")
+    snn.to(model.dtype)
+    snn.eval()
+    return snn
+
+
+def _owner(arch, group_name: str) -> str:
+    return next(g.owner for g in arch.groups if g.name == group_name)

@@ -1,0 +1,159 @@
+"""Spiking layers: a population of encoder neurons and the synapses (weight matmuls) they drive.
+
+SpikeEncoder  turns the input of one or more weight matmuls into spikes (one neuron per input channel
+              and token), with calibrated per-channel thresholds held in a buffer.
+SpikingLinear wraps an nn.Linear or GPT-2 Conv1D (kept as ``base_layer``) and computes its output from
+              the encoder's spikes: sum_t w_t * W (s_t * unit) in the time-stepped engine, or
+              W (levels * unit) in the closed-form engine; both are the same sum, ordered differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .coding import Coding, make_coding
+from .config import ENGINES
+
+
+@dataclass
+class SpikeCode:
+    """What an encoder emits for one input tensor x of shape [..., d].
+
+    Exactly one of ``train`` ([T, ..., d] spikes in {-1, 0, 1}, time-stepped engine) and ``levels``
+    ([..., d] integers, closed-form engine) is set. ``unit`` [d] is the value of one level per channel,
+    ``step_weights`` [T] the weight of a spike at each step.
+    """
+
+    coding: Coding
+    unit: torch.Tensor
+    step_weights: torch.Tensor
+    train: torch.Tensor | None = None
+    levels: torch.Tensor | None = None
+
+    def spike_count(self) -> torch.Tensor:
+        """Spikes emitted per neuron, [..., d] int64, identical for both engines."""
+        if self.train is not None:
+            return self.train.abs().sum(0).to(torch.int64)
+        return self.coding.spike_count(self.levels)
+
+    def integer_levels(self) -> torch.Tensor:
+        if self.levels is not None:
+            return self.levels
+        w = self.step_weights.to(self.train.dtype)
+        return torch.tensordot(w, self.train, dims=1)
+
+    def decoded(self) -> torch.Tensor:
+        """The value the synapses see, x_hat = unit * levels."""
+        return self.integer_levels() * self.unit
+
+
+class SpikeEncoder(nn.Module):
+    """A population of ``channels`` spiking neurons per token, run for T steps on each new input.
+
+    Neuron state lives in the SpikingJelly node and is reset before and after every input, so no state
+    crosses tokens, calls or requests. The last code is memoised for the consumers that share this
+    encoder (q/k/v read the same input); the memo holds the input tensor itself, never a stale copy.
+    """
+
+    def __init__(self, channels: int, coding: str, timesteps: int, engine: str = "closed_form"):
+        super().__init__()
+        self.channels = channels
+        self.coding = make_coding(coding, timesteps)
+        self.node = self.coding.make_node()
+        self.engine = engine
+        self.register_buffer("threshold", torch.ones(channels))
+        self.register_buffer("_step_weights", self.coding.step_weights(), persistent=False)
+        self._memo: tuple[torch.Tensor, int, str, SpikeCode] | None = None
+
+    @property
+    def engine(self) -> str:
+        return self._engine
+
+    @engine.setter
+    def engine(self, value: str) -> None:
+        if value not in ENGINES:
+            raise ValueError(f"unknown engine {value!r}; known engines: {list(ENGINES)}")
+        self._engine = value
+        self._memo = None
+
+    def reset(self) -> None:
+        """Clear neuron state and the memo."""
+        self.node.reset()
+        self._memo = None
+
+    def forward(self, x: torch.Tensor) -> SpikeCode:
+        memo = self._memo
+        if memo is not None and memo[0] is x and memo[1] == x._version and memo[2] == self._engine:
+            return memo[3]
+        threshold = self.threshold.float()
+        u = self.coding.normalise(x, threshold)
+        unit = self.coding.unit(threshold)
+        if self._engine == "time_stepped":
+            self.node.reset()
+            train = self.node(self.coding.input_sequence(u))
+            self.node.reset()
+            code = SpikeCode(self.coding, unit, self._step_weights, train=train)
+        else:
+            code = SpikeCode(self.coding, unit, self._step_weights, levels=self.coding.levels(u))
+        self._memo = (x, x._version, self._engine, code)
+        return code
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, coding={self.coding.name}, T={self.coding.timesteps}, engine={self._engine}"
+
+
+def _linear_weight(layer: nn.Linear) -> torch.Tensor:
+    return layer.weight
+
+
+def _conv1d_weight(layer: Conv1D) -> torch.Tensor:
+    return layer.weight.t()  # GPT-2's Conv1D stores [in, out]
+
+
+# Module types a SpikingLinear can drive, and how to read their weight as [out, in].
+SYNAPSES: dict[type, Callable[[nn.Module], torch.Tensor]] = {
+    nn.Linear: _linear_weight,
+    Conv1D: _conv1d_weight,
+}
+
+
+class SpikingLinear(nn.Module):
+    """A weight matmul whose input arrives as spikes from a (possibly shared) SpikeEncoder."""
+
+    def __init__(self, base_layer: nn.Module, encoder: SpikeEncoder):
+        super().__init__()
+        if type(base_layer) not in SYNAPSES:
+            raise TypeError(
+                f"cannot drive {type(base_layer).__name__} with spikes; supported: "
+                f"{[t.__name__ for t in SYNAPSES]}"
+            )
+        self.base_layer = base_layer
+        # A plain tuple keeps the shared encoder out of this module's children: it is registered once,
+        # in the block that owns it, so its thresholds are saved once.
+        self._encoder = (encoder,)
+
+    @property
+    def encoder(self) -> SpikeEncoder:
+        return self._encoder[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = self.encoder(x)
+        weight = SYNAPSES[type(self.base_layer)](self.base_layer)
+        unit = code.unit.to(weight.dtype)
+        if code.train is not None:
+            # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses.
+            per_step = F.linear(code.train.to(weight.dtype) * unit, weight)
+            out = torch.tensordot(code.step_weights.to(weight.dtype), per_step, dims=1)
+        else:
+            out = F.linear(code.levels.to(weight.dtype) * unit, weight)
+        bias = self.base_layer.bias
+        return out if bias is None else out + bias
+
+    def extra_repr(self) -> str:
+        return f"synapse={type(self.base_layer).__name__}"

@@ -1,0 +1,131 @@
+"""Spiking neurons of STAC, built on SpikingJelly's charge -> fire -> reset interface.
+
+Two neurons encode a real value into a train of signed binary spikes (+1, 0, -1 per step) over T steps.
+Both work in *normalised* units (the encoder divides its input by a per-channel unit first) and are
+designed so that every membrane update is exact in float32: the closed-form engine can then predict every
+spike from integer arithmetic, and the two engines agree spike for spike (see ``stac.coding``).
+
+SignedIFNode (rate coding), with a constant input current u in [-1, 1] per step:
+
+    H[t] = V[t-1] + u                      V[-1] = 1/2 (half-threshold start: rounds instead of truncating)
+    S[t] = +1 if H[t] >= 1, -1 if H[t] < 0, else 0
+    V[t] = H[t] - S[t]                     (soft reset by one threshold)
+
+BitPlaneNode (binary-weighted spike timing): the input is injected once at t=0; the weight of a spike
+halves every step, most significant step first (w_t = 2^(T-1-t)), and so does the firing threshold:
+
+    H[t] = V[t-1] + X[t]                   X = (u, 0, 0, ...)
+    S[t] = +1 if H[t] >= theta_t, -1 if H[t] < -theta_t, else 0
+    V[t] = H[t] - S[t] * w_t               (soft reset by the spike's weight)
+    theta_t = ceil(c * w_t) - 1/2
+
+c = 1 gives plain signed binary digits; c = 3/4 gives a signed-digit code in which a neuron may answer a
+value just below a power of two with +1 now and -1 later, which needs fewer spikes for the same value.
+Thresholds sit on half-integers, so a decision depends only on floor(H + 1/2): the train is a function
+of the rounded input alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from spikingjelly.activation_based.neuron import SimpleBaseNode
+
+
+def _signed_fire(v: torch.Tensor, threshold: float, negative_threshold: float) -> torch.Tensor:
+    """+1 where v >= threshold, -1 where v < negative_threshold, 0 elsewhere (in v's dtype)."""
+    return (v >= threshold).to(v.dtype) - (v < negative_threshold).to(v.dtype)
+
+
+class SignedIFNode(SimpleBaseNode):
+    """Signed integrate-and-fire neuron with soft reset and a half-threshold initial membrane.
+
+    Threshold is 1 in normalised units; a neuron fires at most one spike per step, so T steps encode
+    2T + 1 levels. State: membrane ``v``, cleared by ``reset()``.
+    """
+
+    def __init__(self, step_mode: str = "m"):
+        super().__init__(v_threshold=1.0, v_reset=None, step_mode=step_mode)
+        self.set_reset_value("v", 0.5)
+        self.v = 0.5
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        self.v = self.v + x
+
+    def neuronal_fire(self) -> torch.Tensor:
+        return _signed_fire(self.v, 1.0, 0.0)
+
+    def neuronal_reset(self, spike: torch.Tensor) -> None:
+        self.v = self.v - spike
+
+
+class BitPlaneNode(SimpleBaseNode):
+    """Signed neuron whose spike weight and firing threshold halve every step (most significant first).
+
+    ``sparsity`` is c in the module docstring: 1.0 for binary digits, 0.75 for signed digits. T steps
+    encode the integers -(2^T - 1) .. 2^T - 1. State: membrane ``v`` and step counter ``t``.
+    """
+
+    def __init__(self, timesteps: int, sparsity: float = 1.0, step_mode: str = "m"):
+        super().__init__(v_threshold=1.0, v_reset=None, step_mode=step_mode)
+        if timesteps < 1:
+            raise ValueError(f"BitPlaneNode needs timesteps >= 1, got {timesteps}")
+        if not 0.5 < sparsity <= 1.0:
+            raise ValueError(f"BitPlaneNode sparsity must lie in (0.5, 1], got {sparsity}")
+        self.timesteps = timesteps
+        self.sparsity = sparsity
+        self.step_weights = step_weights_bitplane(timesteps)
+        self.thresholds = [math.ceil(sparsity * w) - 0.5 for w in self.step_weights]
+        self.register_memory("t", 0)
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        self.v = self.v + x
+
+    def neuronal_fire(self) -> torch.Tensor:
+        if self.t >= self.timesteps:
+            raise RuntimeError(
+                f"BitPlaneNode ran past its {self.timesteps} steps; call reset() between input values"
+            )
+        theta = self.thresholds[self.t]
+        return _signed_fire(self.v, theta, -theta)
+
+    def neuronal_reset(self, spike: torch.Tensor) -> None:
+        self.v = self.v - spike * float(self.step_weights[self.t])
+        self.t = self.t + 1
+
+    def extra_repr(self) -> str:
+        return f"timesteps={self.timesteps}, sparsity={self.sparsity}"
+
+
+def step_weights_bitplane(timesteps: int) -> list[int]:
+    """Weight of a spike at each step: 2^(T-1), ..., 2, 1."""
+    return [2 ** (timesteps - 1 - t) for t in range(timesteps)]
+
+
+def bitplane_digits(levels: torch.Tensor, timesteps: int, sparsity: float) -> torch.Tensor:
+    """The spike train a BitPlaneNode emits for integer inputs ``levels``, computed on integers.
+
+    Returns int8 digits of shape [T, *levels.shape]. Mirrors BitPlaneNode decision for decision
+    (thresholds ceil(c*w) on integers are the half-integer thresholds on the rounded membrane).
+    """
+    r = levels.to(torch.int64)
+    digits = []
+    for w in step_weights_bitplane(timesteps):
+        k = math.ceil(sparsity * w)
+        s = (r >= k).to(torch.int64) - (r <= -k).to(torch.int64)
+        r = r - s * w
+        digits.append(s.to(torch.int8))
+    return torch.stack(digits)
+
+
+def bitplane_spike_count(levels: torch.Tensor, timesteps: int, sparsity: float) -> torch.Tensor:
+    """Number of spikes a BitPlaneNode emits per neuron for integer inputs ``levels`` (int64)."""
+    r = levels.to(torch.int64)
+    count = torch.zeros_like(r)
+    for w in step_weights_bitplane(timesteps):
+        k = math.ceil(sparsity * w)
+        s = (r >= k).to(torch.int64) - (r <= -k).to(torch.int64)
+        r = r - s * w
+        count += s.abs()
+    return count
