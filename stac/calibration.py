@@ -13,8 +13,11 @@ from .architectures import Architecture, blocks_of, group_consumers
 from .data import CALIBRATION_CHATS, chat_token_sequences, read_text, token_windows
 
 
-def default_calibration(tokenizer, n_tokens: int = 5120, window: int = 512) -> list[torch.Tensor]:
-    """Chat-formatted prompts plus ``n_tokens`` of gensim's ``lee.cor`` (never the evaluation text)."""
+def default_calibration(tokenizer, n_tokens: int | None = None, window: int = 512) -> list[torch.Tensor]:
+    """Chat-formatted prompts plus gensim's ``lee.cor`` (all ~5,100 tokens unless ``n_tokens`` is given).
+
+    Never the evaluation text (``lee_background.cor``).
+    """
     chats = chat_token_sequences(tokenizer, CALIBRATION_CHATS) if tokenizer.chat_template else []
     return chats + token_windows(tokenizer, read_text("lee"), n_tokens, window)
 

@@ -48,9 +48,10 @@ def read_text(name_or_path: str | Path) -> str:
     return Path(name_or_path).read_text(encoding="utf-8", errors="replace")
 
 
-def token_windows(tokenizer, text: str, n_tokens: int, window: int = 512) -> list[torch.Tensor]:
-    """The first ``n_tokens`` tokens of ``text`` cut into non-overlapping windows of ``window`` tokens."""
+def token_windows(tokenizer, text: str, n_tokens: int | None, window: int = 512) -> list[torch.Tensor]:
+    """The first ``n_tokens`` tokens of ``text`` (all if None) cut into non-overlapping windows."""
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    n_tokens = ids.numel() if n_tokens is None else n_tokens
     if ids.numel() < n_tokens:
         raise ValueError(f"text has {ids.numel()} tokens, fewer than the {n_tokens} asked for")
     ids = ids[:n_tokens]

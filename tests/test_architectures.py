@@ -1,0 +1,36 @@
+"""The registry decides what is replaced; unknown architectures are named in the error."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, BertConfig, BertLMHeadModel
+
+import stac
+from stac.architectures import ARCHITECTURES, spikify
+from stac.layers import SpikingLinear
+from tests.conftest import tiny_ann, tiny_calibration
+
+
+def test_every_block_matmul_is_spiking_and_nothing_else(kind):
+    ann = tiny_ann(kind)
+    snn = stac.convert(ann, stac.SpikingConfig(), calibration=tiny_calibration())
+    arch = ARCHITECTURES[kind]
+    blocks = snn.model.get_submodule(arch.blocks)
+    for block in blocks:
+        spiking = [n for n, m in block.named_modules() if isinstance(m, SpikingLinear)]
+        assert sorted(spiking) == sorted(c for g in arch.groups for c in g.consumers)
+        leftover = [n for n, m in block.named_modules()
+                    if isinstance(m, nn.Linear) and not n.endswith("base_layer")]
+        assert leftover == []
+    assert len(snn.encoders) == len(arch.groups) * len(blocks)
+
+
+def test_an_unsupported_model_is_refused_by_name_and_left_untouched():
+    model = BertLMHeadModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64, is_decoder=True))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(stac.UnsupportedArchitectureError, match="'bert'.*gpt2.*llama"):
+        stac.convert(model, stac.SpikingConfig(), calibration=tiny_calibration())
+    with pytest.raises(stac.UnsupportedArchitectureError):
+        spikify(model, stac.SpikingConfig())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,75 @@
+"""Every coding's closed form predicts its neuron's spike train exactly."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stac.coding import CODINGS, make_coding
+
+
+def simulate(coding, u):
+    node = coding.make_node()
+    node.reset()
+    train = node(coding.input_sequence(u))
+    node.reset()
+    return train
+
+
+@pytest.mark.parametrize("name", sorted(CODINGS))
+@pytest.mark.parametrize("timesteps", [1, 2, 5, 12])
+def test_train_sums_to_closed_form_levels_and_counts(name, timesteps):
+    coding = make_coding(name, timesteps)
+    torch.manual_seed(timesteps)
+    threshold = torch.rand(32) + 0.05
+    x = torch.randn(200, 32) * 0.5
+    x[0] = (torch.arange(32) - 16) * coding.unit(threshold) * 0.5  # exact half levels: ties
+    u = coding.normalise(x, threshold)
+    train = simulate(coding, u)
+    assert set(train.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    levels = coding.levels(u)
+    assert torch.equal((train * coding.step_weights().view(-1, 1, 1)).sum(0), levels)
+    assert torch.equal(train.abs().sum(0).long(), coding.spike_count(levels))
+    assert levels.abs().max() <= coding.max_level
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(CODINGS)), st.integers(1, 14),
+       st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=40),
+       st.floats(1e-3, 50.0))
+def test_closed_form_matches_neurons_for_any_input(name, timesteps, values, threshold):
+    coding = make_coding(name, timesteps)
+    x = torch.tensor(values, dtype=torch.float32)
+    th = torch.full_like(x, threshold)
+    u = coding.normalise(x, th)
+    train = simulate(coding, u)
+    levels = coding.levels(u)
+    assert torch.equal((train * coding.step_weights().view(-1, 1)).sum(0), levels)
+    assert torch.equal(train.abs().sum(0).long(), coding.spike_count(levels))
+
+
+@pytest.mark.parametrize("name", ["bitplane", "signed_digit"])
+def test_bitplane_quantisation_error_is_at_most_half_a_level_inside_the_range(name):
+    coding = make_coding(name, 10)
+    threshold = torch.full((1000,), 2.0)
+    x = (torch.rand(1000) * 2 - 1) * 2.0
+    decoded = coding.levels(coding.normalise(x, threshold)) * coding.unit(threshold)
+    assert (decoded - x).abs().max() <= coding.unit(threshold)[0] / 2 + 1e-6
+
+
+def test_values_beyond_the_threshold_saturate():
+    coding = make_coding("signed_digit", 6)
+    th = torch.ones(2)
+    levels = coding.levels(coding.normalise(torch.tensor([50.0, -50.0]), th))
+    assert levels.tolist() == [63, -63]
+
+
+def test_unknown_coding_and_bad_timesteps_are_refused():
+    with pytest.raises(ValueError, match="known codings"):
+        make_coding("morse", 4)
+    with pytest.raises(ValueError, match="timesteps"):
+        make_coding("bitplane", 0)
+    with pytest.raises(ValueError, match="timesteps"):
+        make_coding("bitplane", 64)
+    with pytest.raises(TypeError):
+        make_coding("rate", 2.5)

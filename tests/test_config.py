@@ -1,0 +1,56 @@
+"""SpikingConfig and StacConfig refuse invalid values with clear messages."""
+
+import pytest
+
+import stac
+from stac import SpikingConfig, StacConfig, StacFormatError
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(timesteps=0), ValueError, "timesteps"),
+    (dict(timesteps=-3), ValueError, "timesteps"),
+    (dict(timesteps=1.5), TypeError, "timesteps"),
+    (dict(timesteps="12"), TypeError, "timesteps"),
+    (dict(coding="morse"), ValueError, "known codings"),
+    (dict(engine="quantum"), ValueError, "known engines"),
+    (dict(threshold_margin=-1.0), ValueError, "positive"),
+    (dict(threshold_margin=0), ValueError, "positive"),
+    (dict(threshold_margin=float("nan")), ValueError, "positive"),
+    (dict(min_threshold=-1e-3), ValueError, "positive"),
+    (dict(threshold_margin="4"), TypeError, "number"),
+    (dict(coding="bitplane", timesteps=40), ValueError, "timesteps"),
+])
+def test_invalid_spiking_configs_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SpikingConfig(**kwargs)
+
+
+def test_spiking_config_round_trips_through_a_dict():
+    cfg = SpikingConfig(timesteps=8, coding="bitplane", threshold_margin=2.0)
+    assert SpikingConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_keys_in_a_saved_spiking_config_are_refused():
+    with pytest.raises(ValueError, match="unknown spiking config keys"):
+        SpikingConfig.from_dict({"timesteps": 8, "leak": 0.5})
+
+
+def test_stac_config_lists_what_stays_in_float():
+    cfg = StacConfig(text_config={"model_type": "llama"})
+    ops = " ".join(cfg.spiking["float_operations"])
+    assert "softmax" in ops and "lm_head" in ops
+
+
+def test_a_config_from_a_newer_format_is_refused():
+    with pytest.raises(StacFormatError, match="newer"):
+        StacConfig(text_config={"model_type": "llama"}, stac_format_version=stac.STAC_FORMAT_VERSION + 1)
+
+
+def test_an_unknown_architecture_is_named_with_the_supported_ones():
+    with pytest.raises(stac.UnsupportedArchitectureError, match="'bert'.*supported.*llama"):
+        StacConfig(text_config={"model_type": "bert"})
+
+
+def test_a_bad_spiking_section_is_refused():
+    with pytest.raises(ValueError, match="timesteps"):
+        StacConfig(text_config={"model_type": "llama"}, spiking={"timesteps": 0})

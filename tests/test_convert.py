@@ -1,0 +1,61 @@
+"""convert() returns a new spiking model close to the ANN and leaves the ANN as it was."""
+
+import pytest
+import torch
+
+import stac
+from tests.conftest import VOCAB, tiny_ann, tiny_calibration
+
+
+def test_the_input_model_is_left_unchanged(kind):
+    ann = tiny_ann(kind)
+    before = {k: v.clone() for k, v in ann.state_dict().items()}
+    modules_before = [type(m) for m in ann.modules()]
+    snn = stac.convert(ann, stac.SpikingConfig(), calibration=tiny_calibration())
+    assert snn.model is not ann
+    assert [type(m) for m in ann.modules()] == modules_before
+    assert all(torch.equal(before[k], v) for k, v in ann.state_dict().items())
+    assert not ann._forward_pre_hooks and all(not m._forward_pre_hooks for m in ann.modules())
+
+
+@pytest.mark.parametrize("coding, timesteps, tol", [("bitplane", 16, 0.06), ("signed_digit", 12, 0.1),
+                                                     ("rate", 64, 0.5)])
+def test_snn_logits_approach_the_ann(kind, coding, timesteps, tol):
+    ann = tiny_ann(kind)
+    cfg = stac.SpikingConfig(coding=coding, timesteps=timesteps, threshold_margin=1.5)
+    snn = stac.convert(ann, cfg, calibration=tiny_calibration())
+    ids = tiny_calibration(seed=7, n=1, length=40)[0][None]
+    with torch.no_grad():
+        a, s = ann(ids).logits, snn(ids).logits
+    assert (a - s).abs().max() < tol
+    assert not torch.equal(a, s)  # really quantised by spikes
+
+
+def test_fewer_timesteps_mean_a_coarser_snn(kind):
+    ann = tiny_ann(kind)
+    ids = tiny_calibration(seed=7, n=1, length=40)[0][None]
+    errors = []
+    for T in (3, 6, 12):
+        snn = stac.convert(ann, stac.SpikingConfig(timesteps=T), calibration=tiny_calibration())
+        with torch.no_grad():
+            errors.append((ann(ids).logits - snn(ids).logits).abs().mean().item())
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_thresholds_are_margin_times_calibrated_channel_max(kind):
+    ann = tiny_ann(kind)
+    cal = tiny_calibration()
+    snn2 = stac.convert(ann, stac.SpikingConfig(threshold_margin=2.0), calibration=cal)
+    snn4 = stac.convert(ann, stac.SpikingConfig(threshold_margin=4.0), calibration=cal)
+    for name, enc in snn2.encoders.items():
+        assert (enc.threshold > 0).all()
+        torch.testing.assert_close(snn4.encoders[name].threshold, enc.threshold * 2)
+
+
+def test_convert_needs_calibration_or_a_tokenizer():
+    with pytest.raises(ValueError, match="calibration"):
+        stac.convert(tiny_ann("llama"), stac.SpikingConfig())
+    with pytest.raises(ValueError, match="at least one"):
+        stac.convert(tiny_ann("llama"), stac.SpikingConfig(), calibration=[])
+    with pytest.raises(TypeError, match="SpikingConfig"):
+        stac.convert(tiny_ann("llama"), {"timesteps": 4}, calibration=tiny_calibration())
