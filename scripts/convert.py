@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Convert a causal LM into a STAC spiking model and save it (safetensors + config + tokenizer).
+
+    python scripts/convert.py --model embedded --timesteps 12 --out out/smollm2-135m-snn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import stac  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), a Hub id or a local dir")
+    p.add_argument("--timesteps", type=int, default=stac.SpikingConfig.timesteps)
+    p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
+    p.add_argument("--margin", type=float, default=stac.SpikingConfig.threshold_margin,
+                   help="threshold = margin x per-channel max |x| on calibration text")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--push-to-hub", metavar="USER/NAME", help="also upload the result to this Hub repo")
+    args = p.parse_args(argv)
+
+    try:
+        config = stac.SpikingConfig(timesteps=args.timesteps, coding=args.coding, threshold_margin=args.margin)
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
+    t0 = time.perf_counter()
+    ann, tok = stac.load_base(args.model)
+    t1 = time.perf_counter()
+    snn = stac.convert(ann, config, calibration=stac.default_calibration(tok), progress=True)
+    t2 = time.perf_counter()
+    snn.save_pretrained(args.out)
+    tok.save_pretrained(args.out)
+    print(json.dumps({"out": args.out, "load_s": round(t1 - t0, 1), "convert_s": round(t2 - t1, 1),
+                      "encoders": len(snn.encoders), "spiking": snn.config.spiking}, indent=1))
+    if args.push_to_hub:
+        from stac.hub import push_to_hub  # noqa: PLC0415  (optional feature)
+
+        push_to_hub(args.out, args.push_to_hub)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

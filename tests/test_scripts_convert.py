@@ -1,0 +1,49 @@
+"""scripts/convert.py: command line conversion of a local model directory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import stac
+from tests.conftest import tiny_ann
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_tokenizer():
+    vocab = {f"w{i}": i for i in range(96)}
+    vocab.update({"[UNK]": 95})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="w0", eos_token="w2")
+
+
+def test_convert_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
+    base = tmp_path / "base"
+    tiny_ann("llama").save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    # The default calibration reads gensim's lee.cor through the tokenizer; unknown words map to [UNK].
+    out = tmp_path / "snn"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
+                           "--timesteps", "6", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["spiking"]["timesteps"] == 6 and report["encoders"] == 8
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(model, stac.StacForCausalLM)
+    assert (out / "tokenizer.json").is_file()
+
+
+def test_convert_script_rejects_bad_arguments(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", "embedded",
+                           "--timesteps", "0", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "timesteps" in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(tmp_path),
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "config.json" in proc.stderr
+    assert not (tmp_path / "x").exists()
