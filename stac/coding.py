@@ -3,7 +3,7 @@
 A coding turns an activation x (per input channel c, with calibrated threshold theta_c) into
 
     u = normalise(x, theta)            (float32, exact grid; see each coding)
-    train = node(input_sequence(u))    [T, ..., d] spikes in {-1, 0, +1}    time-stepped engine
+    train = simulate(node, u)          [T, ..., d] spikes in {-1, 0, +1}    time-stepped engine
     levels = levels(u)                 [..., d] integers                    closed-form engine
 
 with the identity  sum_t step_weight[t] * train[t] == levels  holding exactly, and the decoded value
@@ -55,6 +55,10 @@ class Coding:
     def make_node(self) -> SimpleBaseNode:
         raise NotImplementedError
 
+    def simulate(self, node: SimpleBaseNode, u: torch.Tensor) -> torch.Tensor:
+        """Run a freshly reset ``node`` on ``u`` for T steps: the spike train [T, *u.shape]."""
+        raise NotImplementedError
+
     def step_weights(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -87,6 +91,9 @@ class RateCoding(Coding):
 
     def make_node(self):
         return SignedIFNode(step_mode="m")
+
+    def simulate(self, node, u):
+        return node.run_constant(u, self.timesteps)
 
     def step_weights(self):
         return torch.ones(self.timesteps)
@@ -125,6 +132,9 @@ class BitPlaneCoding(Coding):
 
     def make_node(self):
         return BitPlaneNode(self.timesteps, self.sparsity, step_mode="m")
+
+    def simulate(self, node, u):
+        return node.run_pulse(u)
 
     def step_weights(self):
         return torch.tensor(step_weights_bitplane(self.timesteps), dtype=torch.float32)

@@ -35,6 +35,8 @@ class SpikeCode:
     step_weights: torch.Tensor
     train: torch.Tensor | None = None
     levels: torch.Tensor | None = None
+    # Synapse input (spikes or levels times unit), computed once and shared by the consumers.
+    _scaled: torch.Tensor | None = None
 
     def spike_count(self) -> torch.Tensor:
         """Spikes emitted per neuron, [..., d] int64, identical for both engines."""
@@ -47,6 +49,13 @@ class SpikeCode:
             return self.levels
         w = self.step_weights.to(self.train.dtype)
         return torch.tensordot(w, self.train, dims=1)
+
+    def scaled(self, dtype: torch.dtype) -> torch.Tensor:
+        """What the synapses multiply by their weights: train * unit ([T, ..., d]) or levels * unit."""
+        if self._scaled is None or self._scaled.dtype != dtype:
+            source = self.train if self.train is not None else self.levels
+            self._scaled = source.to(dtype) * self.unit.to(dtype)
+        return self._scaled
 
     def decoded(self) -> torch.Tensor:
         """The value the synapses see, x_hat = unit * levels."""
@@ -96,7 +105,7 @@ class SpikeEncoder(nn.Module):
         unit = self.coding.unit(threshold)
         if self._engine == "time_stepped":
             self.node.reset()
-            train = self.node(self.coding.input_sequence(u))
+            train = self.coding.simulate(self.node, u)
             self.node.reset()
             code = SpikeCode(self.coding, unit, self._step_weights, train=train)
         else:
@@ -145,13 +154,12 @@ class SpikingLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         code = self.encoder(x)
         weight = SYNAPSES[type(self.base_layer)](self.base_layer)
-        unit = code.unit.to(weight.dtype)
         if code.train is not None:
             # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses.
-            per_step = F.linear(code.train.to(weight.dtype) * unit, weight)
+            per_step = F.linear(code.scaled(weight.dtype), weight)
             out = torch.tensordot(code.step_weights.to(weight.dtype), per_step, dims=1)
         else:
-            out = F.linear(code.levels.to(weight.dtype) * unit, weight)
+            out = F.linear(code.scaled(weight.dtype), weight)
         bias = self.base_layer.bias
         return out if bias is None else out + bias
 

@@ -60,6 +60,14 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
     def encoders(self) -> dict[str, SpikeEncoder]:
         return encoders_of(self)
 
+    def _encoder_list(self) -> list[SpikeEncoder]:
+        # Cached: walking every module on each forward costs more than a decode step's neurons.
+        cached = self.__dict__.get("_encoders_cache")
+        if cached is None:
+            cached = list(self.encoders.values())
+            self.__dict__["_encoders_cache"] = cached
+        return cached
+
     def set_engine(self, engine: str) -> "StacForCausalLM":
         """Switch every encoder to ``"closed_form"`` or ``"time_stepped"`` (same outputs, same spikes)."""
         for encoder in self.encoders.values():
@@ -69,7 +77,7 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
 
     def reset_neurons(self) -> None:
         """Clear every neuron's state (done per input anyway; call between independent requests)."""
-        for encoder in self.encoders.values():
+        for encoder in self._encoder_list():
             encoder.reset()
 
     # ----- transformers plumbing -----------------------------------------------------------------

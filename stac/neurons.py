@@ -38,6 +38,31 @@ def _signed_fire(v: torch.Tensor, threshold: float, negative_threshold: float) -
     return (v >= threshold).to(v.dtype) - (v < negative_threshold).to(v.dtype)
 
 
+@torch.jit.script
+def _signed_if_multistep(u: torch.Tensor, v0: float, steps: int) -> torch.Tensor:
+    """SignedIFNode's dynamics for a constant current ``u`` over ``steps`` steps, compiled (same arithmetic)."""
+    v = torch.full_like(u, v0)
+    out = torch.empty((steps,) + u.shape, dtype=u.dtype, device=u.device)
+    for t in range(steps):
+        v = v + u
+        s = (v >= 1.0).to(v.dtype) - (v < 0.0).to(v.dtype)
+        v = v - s
+        out[t] = s
+    return out
+
+
+@torch.jit.script
+def _bitplane_multistep(u: torch.Tensor, weights: list[float], thresholds: list[float]) -> torch.Tensor:
+    """BitPlaneNode's dynamics for input ``u`` injected at t=0, compiled (same arithmetic)."""
+    v = u.clone()
+    out = torch.empty((len(weights),) + u.shape, dtype=u.dtype, device=u.device)
+    for t in range(len(weights)):
+        s = (v >= thresholds[t]).to(v.dtype) - (v < -thresholds[t]).to(v.dtype)
+        v = v - s * weights[t]
+        out[t] = s
+    return out
+
+
 class SignedIFNode(SimpleBaseNode):
     """Signed integrate-and-fire neuron with soft reset and a half-threshold initial membrane.
 
@@ -58,6 +83,16 @@ class SignedIFNode(SimpleBaseNode):
 
     def neuronal_reset(self, spike: torch.Tensor) -> None:
         self.v = self.v - spike
+
+    def run_constant(self, u: torch.Tensor, steps: int) -> torch.Tensor:
+        """Multi-step run from a fresh state with the constant current ``u``: [steps, *u.shape] spikes.
+
+        The same charge -> fire -> reset arithmetic as ``single_step_forward``, in one compiled loop (the
+        way SpikingJelly's own neurons fuse their multi-step path). Leaves the final membrane in ``v``.
+        """
+        train = _signed_if_multistep(u, 0.5, steps)
+        self.v = 0.5 + steps * u - train.sum(0)
+        return train
 
 
 class BitPlaneNode(SimpleBaseNode):
@@ -93,6 +128,18 @@ class BitPlaneNode(SimpleBaseNode):
     def neuronal_reset(self, spike: torch.Tensor) -> None:
         self.v = self.v - spike * float(self.step_weights[self.t])
         self.t = self.t + 1
+
+    def run_pulse(self, u: torch.Tensor) -> torch.Tensor:
+        """Multi-step run from a fresh state with ``u`` injected at t=0: [T, *u.shape] spikes.
+
+        The same charge -> fire -> reset arithmetic as ``single_step_forward``, in one compiled loop (the
+        way SpikingJelly's own neurons fuse their multi-step path). Leaves the node at t = T.
+        """
+        weights = [float(w) for w in self.step_weights]
+        train = _bitplane_multistep(u, weights, self.thresholds)
+        self.v = u - torch.tensordot(torch.tensor(weights, dtype=u.dtype), train, dims=1)
+        self.t = self.timesteps
+        return train
 
     def extra_repr(self) -> str:
         return f"timesteps={self.timesteps}, sparsity={self.sparsity}"

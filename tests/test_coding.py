@@ -73,3 +73,20 @@ def test_unknown_coding_and_bad_timesteps_are_refused():
         make_coding("bitplane", 64)
     with pytest.raises(TypeError):
         make_coding("rate", 2.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(CODINGS)), st.integers(1, 14),
+       st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=40))
+def test_fused_multistep_run_equals_the_step_by_step_neuron(name, timesteps, values):
+    coding = make_coding(name, timesteps)
+    u = coding.normalise(torch.tensor(values, dtype=torch.float32), torch.full((len(values),), 3.0))
+    node = coding.make_node()
+    node.reset()
+    fused = coding.simulate(node, u)
+    fused_v = node.v.clone()
+    reference = simulate(coding, u)
+    node.reset()
+    node(coding.input_sequence(u))
+    assert torch.equal(fused, reference)
+    assert torch.equal(fused_v, node.v)
