@@ -26,6 +26,8 @@ def main(argv=None) -> int:
                    help="threshold = margin x per-channel max |x| on calibration text")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--push-to-hub", metavar="USER/NAME", help="also upload the result to this Hub repo")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or the saved login)")
     args = p.parse_args(argv)
 
     try:
@@ -42,9 +44,13 @@ def main(argv=None) -> int:
     print(json.dumps({"out": args.out, "load_s": round(t1 - t0, 1), "convert_s": round(t2 - t1, 1),
                       "encoders": len(snn.encoders), "spiking": snn.config.spiking}, indent=1))
     if args.push_to_hub:
-        from stac.hub import push_to_hub  # noqa: PLC0415  (optional feature)
+        from stac.hub import StacHubError, push_to_hub
 
-        push_to_hub(args.out, args.push_to_hub)
+        try:
+            print(push_to_hub(args.out, args.push_to_hub, private=args.private, token=args.token))
+        except (StacHubError, stac.StacFormatError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -90,16 +90,24 @@ def read_stac_config(model_dir: str | os.PathLike) -> StacConfig:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise StacFormatError(f"{model_dir} has no config.json: not a converted model directory")
-    return _as_stac_config(json.loads(path.read_text()), str(model_dir), StacConfig.from_pretrained, model_dir)
+    check_is_stac(_read_json(path, str(model_dir)), str(model_dir))
+    return StacConfig.from_pretrained(model_dir)
 
 
-def _as_stac_config(raw: dict, where: str, load, *args, **kwargs) -> StacConfig:
-    if raw.get("model_type") != StacConfig.model_type:
+def check_is_stac(raw_config: dict, where: str) -> None:
+    """Raise ``StacFormatError`` naming the model type if ``raw_config`` is not a STAC config."""
+    if raw_config.get("model_type") != StacConfig.model_type:
         raise StacFormatError(
-            f"{where} is not a STAC checkpoint: its config.json has model_type {raw.get('model_type')!r}, not "
-            f"{StacConfig.model_type!r}. Convert it first: python scripts/convert.py --model {where} --out DIR"
+            f"{where} is not a STAC checkpoint: its config.json has model_type {raw_config.get('model_type')!r}, "
+            f"not {StacConfig.model_type!r}. Convert it first: python scripts/convert.py --model {where} --out DIR"
         )
-    return load(*args, **kwargs)
+
+
+def _read_json(path: str | os.PathLike, where: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise StacFormatError(f"{where}: config.json is not valid JSON: {err}") from err
 
 
 def read_results(path: str | os.PathLike) -> dict:
@@ -269,7 +277,7 @@ def push_to_hub(
     user = _call(api, "whoami")["name"]
     full_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
     uploads: dict[str, bytes | Path] = dict(files)
-    raw_config = json.loads((model_dir / "config.json").read_text())
+    raw_config = _read_json(model_dir / "config.json", str(model_dir))
     uploads["config.json"] = (json.dumps({**raw_config, "auto_map": AUTO_MAP}, indent=2, sort_keys=True)
                               + "\n").encode()
     uploads.update(remote_code_files())
@@ -283,12 +291,12 @@ def push_to_hub(
     stale = sorted(p for p in existing - set(uploads) if _managed(p))
     operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=src) for p, src in sorted(uploads.items())]
     operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
-    size = sum(src.stat().st_size if isinstance(src, Path) else len(src) for src in uploads.values())
-    for path, src in sorted(uploads.items()):
-        say(f"  {path:<40} {(src.stat().st_size if isinstance(src, Path) else len(src)) / 1e6:9.2f} MB")
+    sizes = {p: src.stat().st_size if isinstance(src, Path) else len(src) for p, src in uploads.items()}
+    for path in sorted(uploads):
+        say(f"  {path:<40} {sizes[path] / 1e6:9.2f} MB")
     for path in stale:
         say(f"  {path:<40} (deleted: not part of this checkpoint)")
-    say(f"uploading {len(uploads)} files, {size / 1e6:.1f} MB, in one commit")
+    say(f"uploading {len(uploads)} files, {sum(sizes.values()) / 1e6:.1f} MB, in one commit")
     try:
         info = _call(api, "create_commit", full_id, operations,
                      commit_message=commit_message or f"Upload STAC spiking model (T={config.spiking['timesteps']}, "
@@ -305,8 +313,9 @@ def _checkpoint_files(model_dir: Path) -> dict[str, Path]:
 
 
 def _managed(path: str) -> bool:
-    """Files a push owns: a later push replaces or deletes them."""
-    return "/" not in path and (path.endswith(".py") or path == RESULTS_FILE
+    """Files a push owns (checkpoint, figures, STAC's modules): a later push replaces or deletes them."""
+    package_modules = {p.name for p in Path(__file__).resolve().parent.glob("*.py")}
+    return "/" not in path and (path in package_modules or path == RESULTS_FILE
                                 or any(fnmatch.fnmatch(path, pat) for pat in CHECKPOINT_PATTERNS))
 
 
@@ -322,7 +331,7 @@ def _call(api: HfApi, method: str, *args, **kwargs):
         if status == 401:
             raise StacHubError(f"the Hub at {api.endpoint} rejected the token: {err}") from err
         if status == 403:
-            raise StacHubError(f"the token may not write there: {err}") from err
+            raise StacHubError(f"this token may not write to that repo: {err}") from err
         raise StacHubError(f"{method} failed: {err}") from err
 
 
@@ -342,11 +351,7 @@ def load_snn(name_or_path: str | os.PathLike, *, revision: str | None = None, to
     """A STAC model from a converted directory or a Hub repo; ``StacFormatError`` before any weights are
     fetched if its config is not a STAC checkpoint. Extra keyword arguments go to ``from_pretrained``."""
     config_file = cached_file(str(name_or_path), "config.json", revision=revision, token=token)
-    try:
-        raw = json.loads(Path(config_file).read_text())
-    except ValueError as err:
-        raise StacFormatError(f"{name_or_path}: config.json is not valid JSON: {err}") from err
-    config = _as_stac_config(raw, str(name_or_path), StacConfig.from_pretrained, name_or_path,
-                             revision=revision, token=token)
+    check_is_stac(_read_json(config_file, str(name_or_path)), str(name_or_path))
+    config = StacConfig.from_pretrained(name_or_path, revision=revision, token=token)
     return StacForCausalLM.from_pretrained(name_or_path, config=config, revision=revision, token=token,
                                            use_safetensors=True, **kwargs)
