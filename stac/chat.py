@@ -30,7 +30,7 @@ from .sources import EMBEDDED, EMBEDDED_NAME, embedded_gguf, load_base
 
 MAX_MESSAGE_CHARS = 4000  # longer user messages are cut (with a note), so a pasted novel cannot stall the app
 ENERGY_MODEL = "45nm_fp32"  # the energy table stac.energy.EnergyMeter prices operations with
-RASTER_NEURONS = 24  # neurons shown in the spike raster of the last token
+RASTER_NEURONS = 16  # neurons shown in the spike raster of the last token
 
 # Private-use code points: they stand in for message contents while the chat template is rendered, so the
 # contents can then be tokenized as plain text (see encode_chat).
@@ -98,10 +98,10 @@ class GenerationSettings:
 
 @dataclass
 class LayerRate:
-    """Firing rate of one population of neurons: spikes per neuron per timestep."""
+    """Firing rate of one population of neurons (one encoder): spikes per neuron per timestep."""
 
-    name: str
-    kind: str
+    name: str  # module name of the encoder
+    kind: str  # its group inside a block ("encoder_qkv", "encoder_down", ...)
     firing_rate: float
 
 
@@ -121,11 +121,12 @@ class ReplyMetrics:
     ann_tokens_per_s: float  # generated tokens / seconds spent in that model (prefill included)
     snn_tokens_per_s: float
     match: bool  # the SNN's reply is the ANN's reply, character for character
-    spikes_per_token: float  # over every token the SNN processed in this reply (prompt and reply)
+    # Per token the SNN processed in this reply (the uncached part of the prompt, then the reply).
+    spikes_per_token: float
     firing_rate: float  # spikes per neuron per timestep, all encoders
     per_layer: list[LayerRate]
     raster: SpikeRaster | None
-    ann_energy_per_token_j: float | None = None  # None where stac.energy is not available
+    ann_energy_per_token_j: float | None = None  # per token processed; None without stac.energy
     snn_energy_per_token_j: float | None = None
     energy_source: str = "unavailable"
 
@@ -224,8 +225,9 @@ class SpikeObserver:
     """Counts spikes per encoder with forward hooks while active, and keeps the input of one encoder at
     the last position seen (for the raster). Observing changes no output."""
 
-    def __init__(self, snn: StacForCausalLM, raster_encoder: str | None = None):
+    def __init__(self, snn: StacForCausalLM, raster_encoder: str | None = None, count: bool = True):
         self.encoders = snn.encoders
+        self.count = count  # off where stac.energy's meter already counts (spike counting is not free)
         self.raster_encoder = raster_encoder or _middle_encoder(self.encoders)
         self.spikes = {name: 0 for name in self.encoders}
         self.tokens = {name: 0 for name in self.encoders}
@@ -235,7 +237,8 @@ class SpikeObserver:
 
     def __enter__(self) -> "SpikeObserver":
         for name, enc in self.encoders.items():
-            self._handles.append(enc.register_forward_hook(self._counter(name)))
+            if self.count:
+                self._handles.append(enc.register_forward_hook(self._counter(name)))
         raster = self.encoders[self.raster_encoder]
         self._handles.append(raster.register_forward_pre_hook(self._keep_input))
         return self
@@ -486,11 +489,10 @@ class ChatSession:
             side.history.append({"role": "assistant", "content": ""})
             side.reply_ids, side.seconds = [], 0.0
         self.models.snn.reset_neurons()
-        observer = SpikeObserver(self.models.snn)
         meters = {"ANN": _energy_meter(self.models.ann), "SNN": _energy_meter(self.models.snn)}
+        observer = SpikeObserver(self.models.snn, count=meters["SNN"] is None)
         finished = False
         with contextlib.ExitStack() as stack:
-            stack.enter_context(observer)
             for key, meter in list(meters.items()):
                 if meter is None:
                     continue
@@ -498,6 +500,8 @@ class ChatSession:
                     stack.enter_context(meter)
                 except Exception:  # a meter that cannot attach only costs the energy figures
                     meters[key] = None
+                    observer.count = observer.count or key == "SNN"
+            stack.enter_context(observer)
             streams = [(self.ann, _steps(self.ann, prompts["ANN"], settings, self.stop_ids, self.use_cache)),
                        (self.snn, _steps(self.snn, prompts["SNN"], settings, self.stop_ids, self.use_cache))]
             try:
@@ -515,6 +519,8 @@ class ChatSession:
             finally:
                 # Stopped or not, each side keeps what it said; its cache holds exactly cached_ids.
                 for side in (self.ann, self.snn):
+                    if not side.history or side.history[-1]["role"] != "assistant":
+                        continue  # cleared while this reply was being stopped
                     side.history[-1]["content"] = self.tokenizer.decode(
                         side.reply_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
                 self.models.snn.reset_neurons()
@@ -537,7 +543,8 @@ class ChatSession:
             metrics.snn_energy_per_token_j = snn_report.energy_per_token_j
             metrics.spikes_per_token = snn_report.spikes_per_token
             metrics.firing_rate = snn_report.firing_rate
-            metrics.per_layer = [LayerRate(p.name, p.kind, p.firing_rate) for p in snn_report.per_layer]
+            metrics.per_layer = [LayerRate(p.name, p.name.rsplit(".", 1)[-1], p.firing_rate)
+                                 for p in snn_report.per_layer if p.kind == "spiking"] or metrics.per_layer
             metrics.energy_source = f"stac.energy ({ENERGY_MODEL})"
         if ann_report is not None:
             metrics.ann_energy_per_token_j = ann_report.energy_per_token_j

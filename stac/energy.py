@@ -221,7 +221,6 @@ class EnergyMeter:
         self.model = model
         self.energy_model = energy_model_for(energy_model)
         base = model.model if isinstance(model, StacForCausalLM) else model
-        prefix = "model." if base is not model else ""
         config = base.config
         model_type = config.model_type
         arch = architecture_for(model_type)
@@ -236,7 +235,8 @@ class EnergyMeter:
         self._names = {m: n for n, m in model.named_modules()}
         self._synapse_layers = {m.base_layer for m in model.modules() if isinstance(m, SpikingLinear)}
         self._blocks = list(base.get_submodule(arch.blocks))
-        self._block_prefix = prefix + arch.blocks
+        self._position_embedding = (base.get_submodule(self.layout.position_embedding)
+                                    if self.layout.position_embedding else None)
         self._handles: list = []
         self._codes: dict[SpikeEncoder, tuple[SpikeCode, int, int]] = {}
         self.reset()
@@ -279,13 +279,12 @@ class EnergyMeter:
                 hook(module.register_forward_hook(self._on_dense))
             elif type(module) in ELEMENTWISE_RULES:
                 hook(module.register_forward_hook(self._on_elementwise))
-        for i, block in enumerate(self._blocks):
+        for block in self._blocks:
             attention = block.get_submodule(self.layout.attention)
             hook(attention.register_forward_hook(self._on_attention, with_kwargs=True))
             hook(block.register_forward_hook(self._on_block, with_kwargs=True))
-        if self.layout.position_embedding is not None:
-            base = self.model.model if isinstance(self.model, StacForCausalLM) else self.model
-            hook(base.get_submodule(self.layout.position_embedding).register_forward_hook(self._on_elementwise))
+        if self._position_embedding is not None:
+            hook(self._position_embedding.register_forward_hook(self._on_elementwise))
 
     def _tally(self, name: str, kind: str) -> _Tally:
         t = self._tallies.get(name)
