@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_tokenizer():
-    vocab = {f"w{i}": i for i in range(96)}
+    vocab = {f"w{i}": i for i in range(95)}
     vocab.update({"[UNK]": 95})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
