@@ -107,13 +107,15 @@ def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]
     for i, block in enumerate(blocks):
         for group in arch.groups:
             layers = group_consumers(block, group)
-            encoder = SpikeEncoder(in_features(layers[0]), spiking.coding, spiking.timesteps, spiking.engine)
+            name = f"{arch.blocks}.{i}.{group.owner}.{group.name}"
+            own = spiking.for_encoder(name)
+            encoder = SpikeEncoder(in_features(layers[0]), own.coding, own.timesteps, own.engine)
             block.get_submodule(group.owner).add_module(group.name, encoder)
             for path, layer in zip(group.consumers, layers):
                 parent_path, _, attr = path.rpartition(".")
                 parent = block.get_submodule(parent_path) if parent_path else block
                 setattr(parent, attr, SpikingLinear(layer, encoder))
-            encoders[f"{arch.blocks}.{i}.{group.owner}.{group.name}"] = encoder
+            encoders[name] = encoder
     return encoders
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
 from .coding import CODINGS, make_coding
 
 ENGINES = ("closed_form", "time_stepped")
+OVERRIDABLE = ("timesteps", "coding", "threshold_margin")
 
 # What stays in floating point in a converted model (written into the saved config so that a reader of the
 # checkpoint knows exactly which operations are spike-driven and which are not).
@@ -38,6 +40,9 @@ class SpikingConfig:
     engine: str = "closed_form"  # "closed_form" (fast, no T loop) or "time_stepped" (spike trains)
     min_threshold: float = 1e-4  # floor for channels that never fired during calibration
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
+    # Per-encoder settings, applied in order (later wins): (glob over encoder names such as
+    # "model.layers.*.mlp.encoder_down", {"timesteps": .., "coding": .., "threshold_margin": ..}).
+    layer_overrides: tuple[tuple[str, dict], ...] = ()
 
     def __post_init__(self):
         for name, kind in (("timesteps", int), ("coding", str), ("engine", str)):
@@ -56,10 +61,32 @@ class SpikingConfig:
             raise ValueError(f"unknown engine {self.engine!r}; known engines: {list(ENGINES)}")
         make_coding(self.coding, self.timesteps)  # range-checks T for this coding
         object.__setattr__(self, "float_operations", tuple(self.float_operations))
+        overrides = []
+        for item in self.layer_overrides:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+                    and isinstance(item[1], dict)):
+                raise TypeError(f"each layer override must be (pattern, dict of settings), got {item!r}")
+            pattern, settings = item
+            unknown = sorted(set(settings) - set(OVERRIDABLE))
+            if unknown:
+                raise ValueError(f"layer override {pattern!r} sets {unknown}; only {list(OVERRIDABLE)} can vary")
+            overrides.append((pattern, dict(settings)))
+        object.__setattr__(self, "layer_overrides", tuple(overrides))
+        for pattern, settings in overrides:  # every override must itself give a valid config
+            dataclasses.replace(self, layer_overrides=(), **settings)
+
+    def for_encoder(self, name: str) -> "SpikingConfig":
+        """The settings of the encoder called ``name`` (its module path inside the base model)."""
+        settings = {}
+        for pattern, values in self.layer_overrides:
+            if fnmatch.fnmatchcase(name, pattern):
+                settings.update(values)
+        return dataclasses.replace(self, layer_overrides=(), **settings) if settings else self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["float_operations"] = list(self.float_operations)
+        d["layer_overrides"] = [[p, dict(v)] for p, v in self.layer_overrides]
         return d
 
     @classmethod

@@ -55,9 +55,9 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
     snn = StacForCausalLM(stac_config, base_model=base)
     encoders = snn.encoders
     for (i, group), ch_max in stats.items():
-        name = f"model.{arch.blocks}.{i}.{_owner(arch, group)}.{group}"
-        threshold = (ch_max * config.threshold_margin).clamp_min(config.min_threshold)
-        encoders[name].threshold.copy_(threshold)
+        name = f"{arch.blocks}.{i}.{_owner(arch, group)}.{group}"
+        margin = config.for_encoder(name).threshold_margin
+        encoders[f"model.{name}"].threshold.copy_((ch_max * margin).clamp_min(config.min_threshold))
     if len(stats) != len(encoders):
         raise RuntimeError(f"calibration reached {len(stats)} of {len(encoders)} encoders")
     snn.to(model.dtype)

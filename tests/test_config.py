@@ -54,3 +54,24 @@ def test_an_unknown_architecture_is_named_with_the_supported_ones():
 def test_a_bad_spiking_section_is_refused():
     with pytest.raises(ValueError, match="timesteps"):
         StacConfig(text_config={"model_type": "llama"}, spiking={"timesteps": 0})
+
+
+def test_layer_overrides_apply_by_pattern_in_order():
+    cfg = SpikingConfig(timesteps=12, layer_overrides=[("*.mlp.encoder_down", {"timesteps": 14}),
+                                                       ("model.layers.0.*", {"threshold_margin": 2.0})])
+    assert cfg.for_encoder("model.layers.3.mlp.encoder_down").timesteps == 14
+    assert cfg.for_encoder("model.layers.3.self_attn.encoder_qkv").timesteps == 12
+    first = cfg.for_encoder("model.layers.0.mlp.encoder_down")
+    assert (first.timesteps, first.threshold_margin) == (14, 2.0)
+    assert SpikingConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("overrides, error", [
+    ([("*", {"leak": 1})], ValueError),
+    ([("*", {"timesteps": 0})], ValueError),
+    ([("*", {"coding": "morse"})], ValueError),
+    (["*"], TypeError),
+])
+def test_invalid_layer_overrides_are_refused(overrides, error):
+    with pytest.raises(error):
+        SpikingConfig(layer_overrides=overrides)

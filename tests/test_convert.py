@@ -59,3 +59,18 @@ def test_convert_needs_calibration_or_a_tokenizer():
         stac.convert(tiny_ann("llama"), stac.SpikingConfig(), calibration=[])
     with pytest.raises(TypeError, match="SpikingConfig"):
         stac.convert(tiny_ann("llama"), {"timesteps": 4}, calibration=tiny_calibration())
+
+
+def test_layer_overrides_reach_the_encoders_and_survive_save_and_load(kind, tmp_path):
+    ann = tiny_ann(kind)
+    cfg = stac.SpikingConfig(timesteps=8, layer_overrides=[("*.1.*", {"timesteps": 10, "threshold_margin": 2.0})])
+    plain = stac.convert(ann, stac.SpikingConfig(timesteps=8), calibration=tiny_calibration())
+    snn = stac.convert(ann, cfg, calibration=tiny_calibration())
+    for name, enc in snn.encoders.items():
+        second_block = ".1." in name
+        assert enc.coding.timesteps == (10 if second_block else 8)
+        expected = plain.encoders[name].threshold * (0.5 if second_block else 1.0)
+        torch.testing.assert_close(enc.threshold, expected)
+    snn.save_pretrained(tmp_path / "snn")
+    again = stac.StacForCausalLM.from_pretrained(tmp_path / "snn")
+    assert [e.coding.timesteps for e in again.encoders.values()] == [e.coding.timesteps for e in snn.encoders.values()]
