@@ -39,28 +39,35 @@ def _signed_fire(v: torch.Tensor, threshold: float, negative_threshold: float) -
 
 
 @torch.jit.script
-def _signed_if_multistep(u: torch.Tensor, v0: float, steps: int) -> torch.Tensor:
-    """SignedIFNode's dynamics for a constant current ``u`` over ``steps`` steps, compiled (same arithmetic)."""
+def _signed_if_multistep(u: torch.Tensor, v0: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SignedIFNode's dynamics for a constant current ``u`` over ``steps`` steps, compiled (same arithmetic).
+
+    Returns (spikes [steps, *u.shape], final membrane).
+    """
     v = torch.full_like(u, v0)
     out = torch.empty((steps,) + u.shape, dtype=u.dtype, device=u.device)
     for t in range(steps):
         v = v + u
-        s = (v >= 1.0).to(v.dtype) - (v < 0.0).to(v.dtype)
+        s = out[t]
+        torch.sub((v >= 1.0).to(v.dtype), (v < 0.0).to(v.dtype), out=s)
         v = v - s
-        out[t] = s
-    return out
+    return out, v
 
 
 @torch.jit.script
-def _bitplane_multistep(u: torch.Tensor, weights: list[float], thresholds: list[float]) -> torch.Tensor:
-    """BitPlaneNode's dynamics for input ``u`` injected at t=0, compiled (same arithmetic)."""
+def _bitplane_multistep(u: torch.Tensor, weights: list[float],
+                        thresholds: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitPlaneNode's dynamics for input ``u`` injected at t=0, compiled (same arithmetic).
+
+    Returns (spikes [T, *u.shape], final membrane).
+    """
     v = u.clone()
     out = torch.empty((len(weights),) + u.shape, dtype=u.dtype, device=u.device)
     for t in range(len(weights)):
-        s = (v >= thresholds[t]).to(v.dtype) - (v < -thresholds[t]).to(v.dtype)
-        v = v - s * weights[t]
-        out[t] = s
-    return out
+        s = out[t]
+        torch.sub((v >= thresholds[t]).to(v.dtype), (v < -thresholds[t]).to(v.dtype), out=s)
+        v.sub_(s * weights[t])
+    return out, v
 
 
 class SignedIFNode(SimpleBaseNode):
@@ -90,8 +97,7 @@ class SignedIFNode(SimpleBaseNode):
         The same charge -> fire -> reset arithmetic as ``single_step_forward``, in one compiled loop (the
         way SpikingJelly's own neurons fuse their multi-step path). Leaves the final membrane in ``v``.
         """
-        train = _signed_if_multistep(u, 0.5, steps)
-        self.v = 0.5 + steps * u - train.sum(0)
+        train, self.v = _signed_if_multistep(u, 0.5, steps)
         return train
 
 
@@ -112,6 +118,7 @@ class BitPlaneNode(SimpleBaseNode):
         self.sparsity = sparsity
         self.step_weights = step_weights_bitplane(timesteps)
         self.thresholds = [math.ceil(sparsity * w) - 0.5 for w in self.step_weights]
+        self._float_weights = [float(w) for w in self.step_weights]
         self.register_memory("t", 0)
 
     def neuronal_charge(self, x: torch.Tensor) -> None:
@@ -135,9 +142,7 @@ class BitPlaneNode(SimpleBaseNode):
         The same charge -> fire -> reset arithmetic as ``single_step_forward``, in one compiled loop (the
         way SpikingJelly's own neurons fuse their multi-step path). Leaves the node at t = T.
         """
-        weights = [float(w) for w in self.step_weights]
-        train = _bitplane_multistep(u, weights, self.thresholds)
-        self.v = u - torch.tensordot(torch.tensor(weights, dtype=u.dtype), train, dims=1)
+        train, self.v = _bitplane_multistep(u, self._float_weights, self.thresholds)
         self.t = self.timesteps
         return train
 
