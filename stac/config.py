@@ -60,7 +60,12 @@ class SpikingConfig:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; known engines: {list(ENGINES)}")
         make_coding(self.coding, self.timesteps)  # range-checks T for this coding
+        if not isinstance(self.float_operations, (list, tuple)) or not all(
+                isinstance(op, str) for op in self.float_operations):
+            raise TypeError(f"SpikingConfig.float_operations must be a list of strings, got {self.float_operations!r}")
         object.__setattr__(self, "float_operations", tuple(self.float_operations))
+        if not isinstance(self.layer_overrides, (list, tuple)):
+            raise TypeError(f"SpikingConfig.layer_overrides must be a list, got {self.layer_overrides!r}")
         overrides = []
         for item in self.layer_overrides:
             if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)

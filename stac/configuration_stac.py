@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -44,7 +45,15 @@ class StacConfig(PreTrainedConfig):
                 f"this checkpoint was written in STAC format {self.stac_format_version}, newer than the "
                 f"format {STAC_FORMAT_VERSION} this version of stac reads; upgrade stac to load it"
             )
-        super().__post_init__(**kwargs)
+        if self.text_config is not None and not isinstance(self.text_config, (dict, PreTrainedConfig)):
+            raise StacFormatError(
+                f"text_config must be the base model's config (a dict), got {type(self.text_config).__name__}")
+        if isinstance(self.spiking, (list, tuple, str, bytes, int, float)):
+            raise StacFormatError(f"spiking must be a dict of SpikingConfig fields, got {self.spiking!r}")
+        try:
+            super().__post_init__(**kwargs)
+        except StrictDataclassError as err:
+            raise StacFormatError(f"invalid base model config in text_config: {err}") from err
         architecture_for(self.text_config.model_type)
         self.spiking = SpikingConfig.from_dict(self.spiking or {}).to_dict()
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))

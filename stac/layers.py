@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -97,8 +96,9 @@ class SpikeEncoder(nn.Module):
         self._memo = None
 
     def forward(self, x: torch.Tensor) -> SpikeCode:
+        tracing = torch.compiler.is_compiling()  # export/compile: no memo (it guards on tensor versions)
         memo = self._memo
-        if memo is not None and memo[0] is x and memo[1] == x._version and memo[2] == self._engine:
+        if not tracing and memo is not None and memo[0] is x and memo[1] == x._version and memo[2] == self._engine:
             return memo[3]
         threshold = self.threshold.float()
         u = self.coding.normalise(x, threshold)
@@ -110,7 +110,8 @@ class SpikeEncoder(nn.Module):
             code = SpikeCode(self.coding, unit, self._step_weights, train=train)
         else:
             code = SpikeCode(self.coding, unit, self._step_weights, levels=self.coding.levels(u))
-        self._memo = (x, x._version, self._engine, code)
+        if not tracing:
+            self._memo = (x, x._version, self._engine, code)
         return code
 
     def extra_repr(self) -> str:
@@ -130,6 +131,10 @@ SYNAPSES: dict[type, Callable[[nn.Module], torch.Tensor]] = {
     nn.Linear: _linear_weight,
     Conv1D: _conv1d_weight,
 }
+
+
+def _parameter_dtype(layer: nn.Module) -> torch.dtype:
+    return layer.weight.dtype
 
 
 class SpikingLinear(nn.Module):
@@ -153,14 +158,17 @@ class SpikingLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         code = self.encoder(x)
-        weight = SYNAPSES[type(self.base_layer)](self.base_layer)
-        if code.train is not None:
-            # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses.
-            per_step = F.linear(code.scaled(weight.dtype), weight)
-            out = torch.tensordot(code.step_weights.to(weight.dtype), per_step, dims=1)
-        else:
-            out = F.linear(code.scaled(weight.dtype), weight)
+        # Calling base_layer (not reading its weight) keeps hooks on it working, e.g. accelerate's offload.
+        dtype = _parameter_dtype(self.base_layer)
+        if code.train is None:
+            return self.base_layer(code.scaled(dtype))
+        # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses; the bias is added
+        # once, not once per step.
+        per_step = self.base_layer(code.scaled(dtype))
         bias = self.base_layer.bias
+        if bias is not None:
+            per_step = per_step - bias
+        out = torch.tensordot(code.step_weights.to(per_step.dtype), per_step, dims=1)
         return out if bias is None else out + bias
 
     def extra_repr(self) -> str:

@@ -111,6 +111,7 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
             if past_key_values is not None and past_key_values is not cache:
                 raise ValueError("pass the KV cache as either `cache` or `past_key_values`, not both")
             past_key_values = cache
+        self._check_context(input_ids if input_ids is not None else inputs_embeds, past_key_values)
         try:
             return self.model(
                 input_ids=input_ids,
@@ -125,6 +126,18 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
             )
         finally:
             self.reset_neurons()
+
+    def _check_context(self, inputs: torch.Tensor | None, past_key_values) -> None:
+        """Refuse input that runs past the base model's positions (GPT-2 would fail obscurely, Llama silently)."""
+        limit = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        if limit is None or inputs is None:
+            return
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past + inputs.shape[1] > limit:
+            raise ValueError(
+                f"context overflow: {past} cached + {inputs.shape[1]} new tokens exceed the model's "
+                f"max_position_embeddings of {limit}; shorten the conversation or drop older turns"
+            )
 
     # ----- safe saving and loading ---------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
