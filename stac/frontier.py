@@ -1,0 +1,372 @@
+"""The quality/energy frontier of spiking configurations: sweep, Pareto front, report and plot.
+
+    ann, tok = stac.load_base("embedded")
+    rows = run_sweep(ann, tok, select_configs(["sd-T*"]), calibration=stac.default_calibration(tok))
+    front = pareto_front([(r["ppl_ratio"], r["energy_ratio"]) for r in rows])
+
+Every row holds, for one SpikingConfig: perplexity ratio SNN/ANN, top-1 agreement and KL(ANN || SNN) on
+held-out text, the energy ratio ANN/SNN of one decoded token after ``context`` tokens (all operations
+counted, stac.energy), spikes per token, and the split of the SNN's energy into spiking layers, lm_head,
+attention and element-wise work (from which the best ratio reachable if synaptic ops were free follows).
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import json
+import shlex
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .architectures import architecture_for
+from .calibration import channel_max
+from .config import SpikingConfig
+from .convert import convert
+from .data import read_text
+from .energy import EnergyMeter, EnergyReport, energy_model_for, measure_decode_step
+from .evaluation import compare_on_text
+
+# Encoder groups of a Llama-family block (stac.architectures), as used in layer_overrides patterns.
+GROUPS = ("encoder_qkv", "encoder_o", "encoder_gate_up", "encoder_down")
+_SHORT = {"rate": "rate", "bitplane": "bp", "signed_digit": "sd"}
+
+
+def config_name(config: SpikingConfig) -> str:
+    """A short stable name: ``sd-T12-m4``, with ``+qkv8`` style suffixes for per-group timesteps."""
+    margin = f"{config.threshold_margin:g}"
+    name = f"{_SHORT.get(config.coding, config.coding)}-T{config.timesteps}-m{margin}"
+    for pattern, settings in config.layer_overrides:
+        group = pattern.rsplit(".", 1)[-1].removeprefix("encoder_")
+        name += f"+{group}" + "".join(
+            str(_SHORT.get(v, v)) if k == "coding" else (f"{v}" if k == "timesteps" else f"m{v:g}")
+            for k, v in settings.items())
+    return name
+
+
+def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
+    """layer_overrides giving every block's ``group`` its own T: ``group_overrides(down=10, o=8)``."""
+    overrides = []
+    for short, t in timesteps_by_group.items():
+        group = f"encoder_{short}"
+        if group not in GROUPS:
+            raise ValueError(f"unknown encoder group {short!r}; known: {[g.removeprefix('encoder_') for g in GROUPS]}")
+        overrides.append((f"*.{group}", {"timesteps": t}))
+    return tuple(overrides)
+
+
+def _sd(t: int, margin: float = 4.0, **groups: int) -> SpikingConfig:
+    return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=group_overrides(**groups))
+
+
+# The sweep of docs/levers.md, in the order it runs: codings at equal T, T, margins, per-group sensitivity
+# (one group at a time lowered from 12 to 8), then allocations of T by that sensitivity (down_proj's input
+# is the most sensitive per joule saved, gate/up's the least).
+SWEEP: tuple[SpikingConfig, ...] = (
+    SpikingConfig(timesteps=12, coding="signed_digit"),
+    SpikingConfig(timesteps=12, coding="bitplane"),
+    SpikingConfig(timesteps=12, coding="rate"),
+    _sd(8), _sd(10), _sd(14),
+    _sd(10, 2.0), _sd(10, 3.0), _sd(10, 6.0),
+    _sd(12, qkv=8), _sd(12, o=8), _sd(12, gate_up=8), _sd(12, down=8),
+    _sd(10, down=12), _sd(10, down=12, gate_up=9), _sd(10, down=12, gate_up=9, o=8), _sd(9, down=12),
+)
+PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
+
+
+def parse_config(spec: str) -> SpikingConfig:
+    """``coding:T:margin[:group=T,...]``, e.g. ``signed_digit:10:3`` or ``signed_digit:12:4:down=8``."""
+    parts = spec.split(":")
+    if not 3 <= len(parts) <= 4:
+        raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
+    groups = {}
+    if len(parts) == 4 and parts[3]:
+        for item in parts[3].split(","):
+            group, _, t = item.partition("=")
+            groups[group] = int(t)
+    return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
+                         layer_overrides=group_overrides(**groups))
+
+
+def config_spec(config: SpikingConfig) -> str:
+    """The ``parse_config`` spec of a config whose overrides only set per-group timesteps."""
+    groups = []
+    for pattern, settings in config.layer_overrides:
+        if set(settings) != {"timesteps"} or not pattern.startswith("*.encoder_"):
+            raise ValueError(f"no spec for override {pattern!r}: {settings}")
+        groups.append(f"{pattern.removeprefix('*.encoder_')}={settings['timesteps']}")
+    spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
+    return spec + (":" + ",".join(groups) if groups else "")
+
+
+def sweep_command(rows: Sequence[dict], script: str = "python scripts/frontier.py") -> str:
+    """The command that measures exactly ``rows`` (preset names where they are presets, specs otherwise)."""
+    first = rows[0]
+    items = []
+    for r in rows:
+        config = SpikingConfig.from_dict(r["spiking"])
+        items.append(r["name"] if PRESETS.get(r["name"]) == config else config_spec(config))
+    selection = "" if items == list(PRESETS) else " --configs " + " ".join(shlex.quote(i) for i in items)
+    text = "" if first["text"] == "lee_background" else f" --text-file {shlex.quote(first['text'])}"
+    return (f"{script} --tokens {first['n_tokens']} --context {first['energy_context']} "
+            f"--energy-model {first['energy_model']}{text}{selection}")
+
+
+def select_configs(selection: Iterable[str] | None = None) -> dict[str, SpikingConfig]:
+    """Configs by preset name, glob over preset names (``sd-T1*``) or spec (see ``parse_config``).
+
+    None selects the whole SWEEP. Unknown names raise, listing the presets.
+    """
+    if selection is None:
+        return dict(PRESETS)
+    chosen: dict[str, SpikingConfig] = {}
+    for item in selection:
+        if ":" in item:
+            config = parse_config(item)
+            chosen[config_name(config)] = config
+            continue
+        names = [n for n in PRESETS if fnmatch.fnmatchcase(n, item)]
+        if not names:
+            raise ValueError(f"no preset matches {item!r}; presets: {list(PRESETS)}")
+        chosen.update((n, PRESETS[n]) for n in names)
+    return chosen
+
+
+# ----- Pareto front ------------------------------------------------------------------------------------
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which (ppl_ratio, energy_ratio) points are Pareto-optimal: lower PPL ratio and higher energy ratio
+    are better; a point is on the front unless another is at least as good on both and better on one.
+    Identical points are all on the front (or all off it)."""
+    front = []
+    for i, (p, e) in enumerate(points):
+        dominated = any(q <= p and f >= e and (q < p or f > e) for j, (q, f) in enumerate(points) if j != i)
+        front.append(not dominated)
+    return front
+
+
+# ----- converting many configs from one calibration ----------------------------------------------------
+def calibrate(ann, calibration: Sequence[torch.Tensor]) -> dict[tuple[int, str], torch.Tensor]:
+    """The per-channel statistics every config's thresholds are derived from (gathered once per sweep)."""
+    return channel_max(ann, architecture_for(ann.config.model_type), list(calibration))
+
+
+def convert_calibrated(ann, config: SpikingConfig, stats: dict[tuple[int, str], torch.Tensor]):
+    """``convert(ann, config, calibration)`` for ``stats = calibrate(ann, calibration)``, without running
+    the calibration text again: thresholds are set from ``stats`` exactly as ``convert`` sets them.
+
+    Calibration is most of a conversion's time; a sweep needs it once, not once per config.
+    """
+    arch = architecture_for(ann.config.model_type)
+    some_ids = torch.arange(2)  # convert insists on calibrating; every threshold is overwritten below
+    snn = convert(ann, config, calibration=[some_ids])
+    owners = {g.name: g.owner for g in arch.groups}
+    encoders = snn.encoders
+    for (i, group), ch_max in stats.items():
+        name = f"{arch.blocks}.{i}.{owners[group]}.{group}"
+        margin = config.for_encoder(name).threshold_margin
+        encoders[f"model.{name}"].threshold.copy_((ch_max * margin).clamp_min(config.min_threshold))
+    if len(stats) != len(encoders):
+        raise ValueError(f"statistics for {len(stats)} encoders, the model has {len(encoders)}")
+    return snn
+
+
+# ----- measuring one config ----------------------------------------------------------------------------
+def energy_split(report: EnergyReport) -> dict[str, float]:
+    """Joules per token of the spiking layers (and of their synaptic ops alone), lm_head and other dense
+    matmuls, attention (QK^T, AV, softmax, RoPE) and the remaining element-wise work."""
+    split = dict(spiking=0.0, dense=0.0, attention=0.0, elementwise=0.0)
+    for layer in report.per_layer:
+        key = "attention" if layer.name.endswith(":attention") else layer.kind
+        split[key] += layer.energy_j
+    per = {f"energy_{k}_j": v / report.tokens for k, v in split.items()}
+    per["energy_synops_j"] = report.energy_ac_j / report.tokens
+    return per
+
+
+def _spiking_by_group(report: EnergyReport) -> dict[str, float]:
+    """Spiking-layer joules per token summed over blocks, by encoder group."""
+    by_group: dict[str, float] = {}
+    for layer in report.per_layer:
+        if layer.kind == "spiking":
+            group = layer.name.rsplit(".", 1)[-1]
+            by_group[group] = by_group.get(group, 0.0) + layer.energy_j / report.tokens
+    return by_group
+
+
+@torch.no_grad()
+def measure(ann, snn, tokenizer, ann_step: EnergyReport, energy_ids: torch.Tensor, text: str,
+            n_tokens: int, context: int) -> dict:
+    """Fidelity, energy and its split for one converted ``snn`` (``ann_step``: the ANN's decode report)."""
+    # The meter observes only the SNN; it is averaged over every position of the evaluation text, which
+    # checks how typical the single metered decode step is.
+    with EnergyMeter(snn, ann_step.energy_model) as text_meter:
+        row = compare_on_text(ann, snn, tokenizer, text, n_tokens)
+    text_report = text_meter.report()
+    step = measure_decode_step(snn, energy_ids, context, ann_step.energy_model)
+    e_ann, e_snn = ann_step.energy_per_token_j, step.energy_per_token_j
+    split = energy_split(step)
+    text_split = energy_split(text_report)
+    # Spiking-layer work per position does not depend on the context, so the decode step's energy with
+    # its spiking part replaced by the text average is the same figure for an average token.
+    e_snn_text = e_snn - split["energy_spiking_j"] + text_split["energy_spiking_j"]
+    block_macs = sum(l.macs for l in ann_step.per_layer
+                     if l.kind == "dense" and not l.name.endswith(":attention") and "lm_head" not in l.name)
+    row.update({
+        "energy_model": ann_step.energy_model,
+        "energy_context": context,
+        "energy_per_token_ann_j": e_ann,
+        "energy_per_token_snn_j": e_snn,
+        "energy_ratio": e_ann / e_snn,
+        "energy_ratio_text_avg": e_ann / e_snn_text,
+        "spikes_per_token": step.spikes_per_token,
+        "spikes_per_token_text_avg": text_report.spikes_per_token,
+        "spikes_per_neuron_text_avg": text_report.spikes / max(1, sum(l.neurons for l in text_report.per_layer)),
+        "synops_per_token": step.synops / step.tokens,
+        "synops_per_block_mac": (step.synops / step.tokens) / (block_macs / ann_step.tokens),
+        **split,
+        # The best ratios reachable with everything else as it is: synaptic ops free, or the spiking
+        # layers (synops, neurons, spike-weight accumulation) free altogether.
+        "ratio_if_synops_free": e_ann / (e_snn - split["energy_synops_j"]),
+        "ratio_if_spiking_free": e_ann / (e_snn - split["energy_spiking_j"]),
+        "spiking_j_by_group_text_avg": _spiking_by_group(text_report),
+    })
+    return row
+
+
+def run_sweep(ann, tokenizer, configs: dict[str, SpikingConfig], calibration: list[torch.Tensor],
+              text: str = "lee_background", n_tokens: int = 2048, context: int = 256,
+              energy_model: str = "45nm_fp32", done: Sequence[dict] = (),
+              on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Convert ``ann`` with every config in turn and measure it; returns one row per config.
+
+    Rows in ``done`` measured the same way (name, spiking config, text, tokens, context, energy model) are
+    reused, not re-measured (resuming a sweep).
+    ``on_row`` sees each newly measured row as soon as it exists (to write it out incrementally).
+    """
+    energy_model = energy_model_for(energy_model).name
+    corpus = read_text(text) if "\n" not in text and len(text) < 4096 else text
+    energy_ids = tokenizer(corpus, return_tensors="pt", add_special_tokens=False)["input_ids"][0, : context + 1]
+    ann_step = measure_decode_step(ann, energy_ids, context, energy_model)
+    previous = {(r["name"], json.dumps(r["spiking"], sort_keys=True)): r for r in done}
+    stats = None
+    rows = []
+    for name, config in configs.items():
+        key = (name, json.dumps(config.to_dict(), sort_keys=True))
+        old = previous.get(key)
+        if old is not None and (old.get("energy_model"), old.get("n_tokens"), old.get("text"),
+                                old.get("energy_context")) == (energy_model, n_tokens, text, context):
+            rows.append(old)
+            continue
+        stats = stats if stats is not None else calibrate(ann, calibration)
+        snn = convert_calibrated(ann, config, stats)
+        row = {"name": name, "model": ann.config.name_or_path, "spiking": config.to_dict(), "text": text,
+               "n_tokens": n_tokens,
+               **measure(ann, snn, tokenizer, ann_step, energy_ids, text, n_tokens, context)}
+        del snn
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+# ----- reporting ---------------------------------------------------------------------------------------
+def mark_front(rows: list[dict]) -> list[dict]:
+    """The rows with ``on_front`` set (Pareto-optimal in PPL ratio vs energy ratio)."""
+    front = pareto_front([(r["ppl_ratio"], r["energy_ratio"]) for r in rows])
+    return [{**r, "on_front": f} for r, f in zip(rows, front)]
+
+
+def meets_bar(row: dict, ppl_ratio: float = 1.01, top1: float = 0.97) -> bool:
+    return row["ppl_ratio"] <= ppl_ratio and row["top1_agreement"] >= top1
+
+
+def frontier_markdown(rows: list[dict], command: str, date: str | None = None) -> str:
+    """The frontier table: every row, sorted by energy ratio, Pareto rows marked."""
+    rows = sorted(mark_front(rows), key=lambda r: -r["energy_ratio"])
+    date = date or datetime.date.today().isoformat()
+    first = rows[0] if rows else {}
+    lines = [
+        "# Quality/energy frontier",
+        "",
+        f"Measured {date} with",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Model `{first.get('model', '?')}`, calibration `stac.default_calibration`; "
+        f"quality on {first.get('tokens', '?')} next-token predictions of `lee_background` (never seen in "
+        f"calibration); energy: one decoded token after a {first.get('energy_context', '?')}-token context, "
+        f"all operations counted, `{first.get('energy_model', '?')}` (docs/energy.md). "
+        f"ANN: PPL {first.get('ppl_ann', float('nan')):.2f}, "
+        f"{first.get('energy_per_token_ann_j', float('nan')) * 1e6:.0f} µJ per token.",
+        "",
+        "**F** = on the Pareto front (no other row has both a lower-or-equal PPL ratio and a higher-or-equal "
+        "energy ratio); **Q** = meets the quality bar (PPL within 1%, top-1 >= 97%). "
+        "`energy (text avg)` re-prices the spiking layers at their mean over all evaluation positions "
+        "instead of the single metered token. `if synops free`: the ratio with every synaptic op costing 0.",
+        "",
+        "| | config | PPL ratio | top-1 | KL | energy ratio | energy (text avg) | SNN µJ/token "
+        "| spikes/token | spikes/neuron | synops per block MAC | if synops free |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = ("F" if r["on_front"] else "") + ("Q" if meets_bar(r) else "")
+        lines.append(
+            f"| {mark} | `{r['name']}` | {r['ppl_ratio']:.4f} | {r['top1_agreement'] * 100:.1f}% | "
+            f"{r['kl']:.4f} | {r['energy_ratio']:.2f} | {r['energy_ratio_text_avg']:.2f} | "
+            f"{r['energy_per_token_snn_j'] * 1e6:.0f} | {r['spikes_per_token']:,.0f} | "
+            f"{r['spikes_per_neuron_text_avg']:.2f} | {r['synops_per_block_mac']:.2f} | "
+            f"{r['ratio_if_synops_free']:.2f} |")
+    lines += ["", "Config names: coding (`sd` signed_digit, `bp` bitplane, `rate`), T, threshold margin; "
+              "`+down8` etc.: that encoder group in every block runs T=8 (`layer_overrides`).", "",
+              "![frontier](frontier.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_frontier(rows: list[dict], path: str | Path, title: str = "SmolLM2-135M SNN: quality vs energy") -> None:
+    """Scatter of energy ratio (x) vs PPL ratio (y, log), the Pareto front as a line, the quality bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = mark_front(rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        x, y = r["energy_ratio"], r["ppl_ratio"] - 1
+        ax.scatter(x, y, color="tab:red" if r["on_front"] else "tab:gray", zorder=3, s=18)
+        if meets_bar(r):
+            ax.scatter(x, y, facecolors="none", edgecolors="tab:green", s=70, zorder=3)
+        if r["on_front"] or meets_bar(r):  # the others stay unlabelled: the table names every point
+            ax.annotate(r["name"], (x, y), fontsize=7, xytext=(4, -9 if meets_bar(r) else 3),
+                        textcoords="offset points")
+    front = sorted((r for r in rows if r["on_front"]), key=lambda r: r["energy_ratio"])
+    if front:
+        ax.plot([r["energy_ratio"] for r in front], [r["ppl_ratio"] - 1 for r in front], color="tab:red",
+                lw=1, zorder=2, label="Pareto front (PPL ratio vs energy ratio)")
+    ax.scatter([], [], facecolors="none", edgecolors="tab:green", label="PPL within 1% and top-1 >= 97%")
+    ax.axhline(0.01, color="tab:green", ls="--", lw=1, label="PPL +1%")
+    ax.axvline(3.0, color="tab:blue", ls=":", lw=1, label="3x energy goal")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    lowest = min(r["ppl_ratio"] - 1 for r in rows)
+    ax.set_ylim(bottom=min(0.0, 2 * lowest))
+    ax.set_xlabel("energy ratio ANN / SNN per token (all ops counted)")
+    ax.set_ylabel("PPL ratio SNN / ANN - 1")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows from a JSON-lines file written by a sweep (missing file: none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
