@@ -2,7 +2,7 @@
 
     import stac
     ann, tok = stac.load_base("embedded")
-    snn = stac.convert(ann, stac.SpikingConfig(timesteps=12), calibration=stac.default_calibration(tok))
+    snn = stac.convert(ann, stac.SpikingConfig(), calibration=stac.default_calibration(tok))
     snn.save_pretrained("out/snn")                # then AutoModelForCausalLM.from_pretrained("out/snn")
 """
 

@@ -170,7 +170,9 @@ class ChatModels:
 
 
 def snn_label(spiking: SpikingConfig) -> str:
-    return f"SNN (T={spiking.timesteps}, coding {spiking.coding})"
+    steps = {spiking.timesteps} | {spiking._resolved(v).timesteps for _, v in spiking.layer_overrides}
+    t = str(spiking.timesteps) if len(steps) == 1 else f"{min(steps)}-{max(steps)} by layer"
+    return f"SNN (T={t}, coding {spiking.coding})"
 
 
 def load_chat_models(base: str = EMBEDDED, snn: str | None = None, spiking: SpikingConfig | None = None,

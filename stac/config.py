@@ -10,7 +10,18 @@ from typing import Any
 from .coding import CODINGS, make_coding
 
 ENGINES = ("closed_form", "time_stepped")
-OVERRIDABLE = ("timesteps", "coding", "threshold_margin")
+OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin")
+
+# The default per-layer allocation of timesteps, chosen by measured sensitivity (docs/levers.md): the input
+# of the MLP's output projection (Llama down_proj, GPT-2 mlp.c_proj) carries the model's outlier
+# activations and gets two more steps; the MLP's input (gate/up, GPT-2 c_fc) costs most energy and
+# tolerates one step less. Offsets are relative, so SpikingConfig(timesteps=N) scales the whole allocation.
+DEFAULT_LAYER_OVERRIDES = (
+    ("*.mlp.encoder_down", {"timestep_offset": 2}),
+    ("*.mlp.encoder_proj", {"timestep_offset": 2}),
+    ("*.mlp.encoder_gate_up", {"timestep_offset": -1}),
+    ("*.mlp.encoder_fc", {"timestep_offset": -1}),
+)
 
 # What stays in floating point in a converted model (written into the saved config so that a reader of the
 # checkpoint knows exactly which operations are spike-driven and which are not).
@@ -34,15 +45,16 @@ class SpikingConfig:
     |activation| seen on calibration text.
     """
 
-    timesteps: int = 12  # T, steps each neuron runs per token
+    timesteps: int = 10  # T, steps each neuron runs per token (unless layer_overrides say otherwise)
     coding: str = "signed_digit"  # one of stac.coding.CODINGS
     threshold_margin: float = 4.0  # threshold = margin * per-channel max |x| on calibration data
     engine: str = "closed_form"  # "closed_form" (fast, no T loop) or "time_stepped" (spike trains)
     min_threshold: float = 1e-4  # floor for channels that never fired during calibration
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
     # Per-encoder settings, applied in order (later wins): (glob over encoder names such as
-    # "model.layers.*.mlp.encoder_down", {"timesteps": .., "coding": .., "threshold_margin": ..}).
-    layer_overrides: tuple[tuple[str, dict], ...] = ()
+    # "model.layers.*.mlp.encoder_down", {"timesteps" or "timestep_offset": .., "coding": ..,
+    # "threshold_margin": ..}). An offset adds to the timesteps (at least 1). Default: docs/levers.md.
+    layer_overrides: tuple[tuple[str, dict], ...] = DEFAULT_LAYER_OVERRIDES
 
     def __post_init__(self):
         for name, kind in (("timesteps", int), ("coding", str), ("engine", str)):
@@ -78,7 +90,17 @@ class SpikingConfig:
             overrides.append((pattern, dict(settings)))
         object.__setattr__(self, "layer_overrides", tuple(overrides))
         for pattern, settings in overrides:  # every override must itself give a valid config
-            dataclasses.replace(self, layer_overrides=(), **settings)
+            offset = settings.get("timestep_offset", 0)
+            if isinstance(offset, bool) or not isinstance(offset, int):
+                raise TypeError(f"layer override {pattern!r}: timestep_offset must be an int, got {offset!r}")
+            self._resolved(settings)
+
+    def _resolved(self, settings: dict) -> "SpikingConfig":
+        settings = dict(settings)
+        offset = settings.pop("timestep_offset", 0)
+        if offset:
+            settings["timesteps"] = max(1, settings.get("timesteps", self.timesteps) + offset)
+        return dataclasses.replace(self, layer_overrides=(), **settings)
 
     def for_encoder(self, name: str) -> "SpikingConfig":
         """The settings of the encoder called ``name`` (its module path inside the base model)."""
@@ -86,7 +108,7 @@ class SpikingConfig:
         for pattern, values in self.layer_overrides:
             if fnmatch.fnmatchcase(name, pattern):
                 settings.update(values)
-        return dataclasses.replace(self, layer_overrides=(), **settings) if settings else self
+        return self._resolved(settings) if settings else self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

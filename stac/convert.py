@@ -22,7 +22,8 @@ _STORAGE_KEYS = ("quantization_config", "_name_or_path", "name_or_path", "dtype"
 
 
 def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibration=None,
-            tokenizer=None, progress: bool = False) -> StacForCausalLM:
+            tokenizer=None, progress: bool = False,
+            stats: dict[tuple[int, str], torch.Tensor] | None = None) -> StacForCausalLM:
     """Convert a causal LM into a spiking StacForCausalLM.
 
     Args:
@@ -32,17 +33,19 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
             ``default_calibration(tokenizer)``.
         tokenizer: needed only when ``calibration`` is not given.
         progress: show a progress bar while calibrating.
+        stats: per-channel statistics from ``stac.calibration.channel_max`` on this model, to skip
+            calibration (a sweep over configs calibrates once).
     """
     config = config or SpikingConfig()
     if not isinstance(config, SpikingConfig):
         raise TypeError(f"config must be a SpikingConfig, got {type(config).__name__}")
     arch = architecture_for(model.config.model_type)
-    if calibration is None:
-        if tokenizer is None:
-            raise ValueError("convert needs calibration sequences or a tokenizer to build the default ones")
-        calibration = default_calibration(tokenizer)
-
-    stats = channel_max(model, arch, list(calibration), progress=progress)
+    if stats is None:
+        if calibration is None:
+            if tokenizer is None:
+                raise ValueError("convert needs calibration sequences or a tokenizer to build the default ones")
+            calibration = default_calibration(tokenizer)
+        stats = channel_max(model, arch, list(calibration), progress=progress)
 
     text_config = model.config.to_dict()
     for key in _STORAGE_KEYS:

@@ -41,7 +41,8 @@ def config_name(config: SpikingConfig) -> str:
     for pattern, settings in config.layer_overrides:
         group = pattern.rsplit(".", 1)[-1].removeprefix("encoder_")
         name += f"+{group}" + "".join(
-            str(_SHORT.get(v, v)) if k == "coding" else (f"{v}" if k == "timesteps" else f"m{v:g}")
+            str(_SHORT.get(v, v)) if k == "coding" else (
+                f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else f"m{v:g}"))
             for k, v in settings.items())
     return name
 
@@ -65,9 +66,9 @@ def _sd(t: int, margin: float = 4.0, **groups: int) -> SpikingConfig:
 # (one group at a time lowered from 12 to 8), then allocations of T by that sensitivity (down_proj's input
 # is the most sensitive per joule saved, gate/up's the least).
 SWEEP: tuple[SpikingConfig, ...] = (
-    SpikingConfig(timesteps=12, coding="signed_digit"),
-    SpikingConfig(timesteps=12, coding="bitplane"),
-    SpikingConfig(timesteps=12, coding="rate"),
+    SpikingConfig(timesteps=12, coding="signed_digit", layer_overrides=()),
+    SpikingConfig(timesteps=12, coding="bitplane", layer_overrides=()),
+    SpikingConfig(timesteps=12, coding="rate", layer_overrides=()),
     _sd(8), _sd(10), _sd(14),
     _sd(10, 2.0), _sd(10, 3.0), _sd(10, 6.0),
     _sd(12, qkv=8), _sd(12, o=8), _sd(12, gate_up=8), _sd(12, down=8),
@@ -158,18 +159,7 @@ def convert_calibrated(ann, config: SpikingConfig, stats: dict[tuple[int, str], 
 
     Calibration is most of a conversion's time; a sweep needs it once, not once per config.
     """
-    arch = architecture_for(ann.config.model_type)
-    some_ids = torch.arange(2)  # convert insists on calibrating; every threshold is overwritten below
-    snn = convert(ann, config, calibration=[some_ids])
-    owners = {g.name: g.owner for g in arch.groups}
-    encoders = snn.encoders
-    for (i, group), ch_max in stats.items():
-        name = f"{arch.blocks}.{i}.{owners[group]}.{group}"
-        margin = config.for_encoder(name).threshold_margin
-        encoders[f"model.{name}"].threshold.copy_((ch_max * margin).clamp_min(config.min_threshold))
-    if len(stats) != len(encoders):
-        raise ValueError(f"statistics for {len(stats)} encoders, the model has {len(encoders)}")
-    return snn
+    return convert(ann, config, stats=stats)
 
 
 # ----- measuring one config ----------------------------------------------------------------------------

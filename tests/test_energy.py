@@ -84,7 +84,9 @@ def test_spikes_and_synaptic_ops_equal_the_hand_count_exactly(kind, engine):
     for lay in spiking:
         spikes, synops, neurons = expected[lay.name]
         assert (lay.spikes, lay.synops, lay.neurons) == (spikes, synops, neurons)
-        assert lay.firing_rate == spikes / (neurons * 12)
+        timesteps = snn.encoders[lay.name].coding.timesteps  # 9, 10 or 12: the default allocates T by layer
+        assert lay.timesteps == timesteps
+        assert lay.firing_rate == spikes / (neurons * timesteps)
     assert report.spikes == sum(s for s, _, _ in expected.values()) > 0
     assert report.synops == sum(s for _, s, _ in expected.values())
     assert report.tokens == ids.numel()

@@ -47,15 +47,18 @@ def test_every_preset_is_named_by_its_config_and_round_trips_through_its_spec():
         assert config_name(config) == name
         assert parse_config(config_spec(config)) == config
     assert config_name(parse_config("signed_digit:12:4:down=8,o=6")) == "sd-T12-m4+down8+o6"
-    assert config_name(stac.SpikingConfig(coding="bitplane", timesteps=10, threshold_margin=2.5)) == "bp-T10-m2.5"
+    assert config_name(stac.SpikingConfig(coding="bitplane", timesteps=10, threshold_margin=2.5,
+                                          layer_overrides=())) == "bp-T10-m2.5"
 
 
 def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
     assert list(select_configs(["sd-T12-m4"])) == ["sd-T12-m4"]
     assert set(select_configs(["sd-T10-m?"])) == {"sd-T10-m2", "sd-T10-m3", "sd-T10-m4", "sd-T10-m6"}
     assert select_configs(["rate:16:2"]) == {"rate-T16-m2": stac.SpikingConfig(coding="rate", timesteps=16,
-                                                                               threshold_margin=2.0)}
+                                                                               threshold_margin=2.0,
+                                                                               layer_overrides=())}
     assert select_configs(None) == PRESETS
+    assert config_name(stac.SpikingConfig()) == "sd-T10-m4+down+2+proj+2+gate_up-1+fc-1"
     with pytest.raises(ValueError, match="no preset matches"):
         select_configs(["sd-T99-*"])
     with pytest.raises(ValueError, match="unknown encoder group"):

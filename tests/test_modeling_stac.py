@@ -20,7 +20,8 @@ def test_save_writes_safetensors_and_a_self_describing_config(tiny_pair, tmp_pat
     cfg = json.loads((tmp_path / "snn" / "config.json").read_text())
     assert cfg["model_type"] == "stac"
     assert cfg["text_config"]["model_type"] == snn.config.text_config.model_type
-    assert cfg["spiking"]["timesteps"] == 12 and cfg["spiking"]["coding"] == "signed_digit"
+    assert cfg["spiking"] == stac.SpikingConfig().to_dict()
+    assert cfg["spiking"]["layer_overrides"] and cfg["spiking"]["coding"] == "signed_digit"
     assert "quantization_config" not in cfg["text_config"]
     tensors = load_file(tmp_path / "snn" / "model.safetensors")
     thresholds = [k for k in tensors if k.endswith(".threshold")]
