@@ -23,9 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=stac.EMBEDDED,
                    help="ANN (`embedded`, Hub id or local dir) to convert, or a converted STAC checkpoint dir")
     p.add_argument("--base", help="the base ANN of a STAC checkpoint given as --model")
-    p.add_argument("--timesteps", type=int, default=12, help="T, when converting on the fly")
-    p.add_argument("--coding", default="signed_digit", choices=sorted(stac.CODINGS))
-    p.add_argument("--margin", type=float, default=4.0, help="threshold margin, when converting on the fly")
+    p.add_argument("--timesteps", type=int, default=stac.SpikingConfig.timesteps,
+                   help="T, when converting on the fly (the default per-layer offsets apply)")
+    p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
+    p.add_argument("--margin", type=float, default=stac.SpikingConfig.threshold_margin,
+                   help="threshold margin, when converting on the fly")
     p.add_argument("--text-file", default="lee_background", help="evaluation text: corpus name or path")
     p.add_argument("--tokens", type=int, default=2048, help="tokens of text for perplexity and agreement")
     p.add_argument("--energy-model", default="45nm_fp32", choices=sorted(ENERGY_MODELS))
