@@ -27,6 +27,14 @@ from .neurons import BitPlaneNode, SignedIFNode, bitplane_spike_count, step_weig
 _RATE_GRID = 4096.0
 
 
+@torch.jit.script
+def _bitplane_levels(x: torch.Tensor, unit: torch.Tensor, max_level: float) -> torch.Tensor:
+    """``BitPlaneCoding.levels(BitPlaneCoding.normalise(x))`` in one compiled call (the same arithmetic)."""
+    u = (x.float() / unit).clamp(-max_level, max_level)
+    f = torch.floor(u)
+    return f + (u - f >= 0.5).to(u.dtype)
+
+
 class Coding:
     """Base class of a spike coding with T timesteps."""
 
@@ -64,6 +72,10 @@ class Coding:
 
     def levels(self, u: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def closed_form(self, x: torch.Tensor, threshold: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+        """``levels(normalise(x, threshold))``; ``unit`` is ``unit(threshold)``, passed in so callers can cache it."""
+        return self.levels(self.normalise(x, threshold))
 
     def spike_count(self, levels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -143,6 +155,9 @@ class BitPlaneCoding(Coding):
         # floor(u + 1/2) without forming u + 1/2, which can round up across an integer in float32.
         f = torch.floor(u)
         return f + (u - f >= 0.5).to(u.dtype)
+
+    def closed_form(self, x, threshold, unit):
+        return _bitplane_levels(x, unit, float(self.max_level))
 
     def spike_count(self, levels):
         return bitplane_spike_count(levels, self.timesteps, self.sparsity)

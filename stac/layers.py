@@ -78,6 +78,17 @@ class SpikeEncoder(nn.Module):
         self.register_buffer("threshold", torch.ones(channels))
         self.register_buffer("_step_weights", self.coding.step_weights(), persistent=False)
         self._memo: tuple[torch.Tensor, int, str, SpikeCode] | None = None
+        self._unit_cache: tuple[int, int, torch.Tensor] | None = None
+
+    def _unit(self) -> torch.Tensor:
+        """``coding.unit(threshold)``, recomputed only when the threshold buffer changes."""
+        if torch.compiler.is_compiling():
+            return self.coding.unit(self.threshold.float())
+        key = (self.threshold._version, self.threshold.data_ptr())
+        cached = self._unit_cache
+        if cached is None or cached[:2] != key:
+            self._unit_cache = cached = (*key, self.coding.unit(self.threshold.float()))
+        return cached[2]
 
     @property
     def engine(self) -> str:
@@ -101,15 +112,16 @@ class SpikeEncoder(nn.Module):
         if not tracing and memo is not None and memo[0] is x and memo[1] == x._version and memo[2] == self._engine:
             return memo[3]
         threshold = self.threshold.float()
-        u = self.coding.normalise(x, threshold)
-        unit = self.coding.unit(threshold)
+        unit = self._unit()
         if self._engine == "time_stepped":
+            u = self.coding.normalise(x, threshold)
             self.node.reset()
             train = self.coding.simulate(self.node, u)
             self.node.reset()
             code = SpikeCode(self.coding, unit, self._step_weights, train=train)
         else:
-            code = SpikeCode(self.coding, unit, self._step_weights, levels=self.coding.levels(u))
+            levels = self.coding.closed_form(x, threshold, unit)
+            code = SpikeCode(self.coding, unit, self._step_weights, levels=levels)
         if not tracing:
             self._memo = (x, x._version, self._engine, code)
         return code

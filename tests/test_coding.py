@@ -90,3 +90,14 @@ def test_fused_multistep_run_equals_the_step_by_step_neuron(name, timesteps, val
     node(coding.input_sequence(u))
     assert torch.equal(fused, reference)
     assert torch.equal(fused_v, node.v)
+
+
+@pytest.mark.parametrize("name", sorted(CODINGS))
+def test_fused_closed_form_equals_normalise_then_levels(name):
+    coding = make_coding(name, 10)
+    torch.manual_seed(1)
+    threshold = torch.rand(64) + 0.05
+    x = torch.randn(50, 64) * 2
+    x[0] = (torch.arange(64) - 32) * coding.unit(threshold) * 0.5  # ties
+    assert torch.equal(coding.closed_form(x, threshold, coding.unit(threshold)),
+                       coding.levels(coding.normalise(x, threshold)))
