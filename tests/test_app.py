@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import pytest
@@ -17,18 +18,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served():
-    """(url, models) of the app running on a free local port with tiny models."""
-    models = tiny_chat_models()
-    settings = app.AppSettings(max_new_tokens=10, context_window=512, queue_size=4)
+@contextlib.contextmanager
+def serve(models, settings):
+    """The app around ``models`` on a free 127.0.0.1 port; yields its URL, closes it on exit."""
     demo = app.build_demo(app.ModelLoader.ready(models), settings)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/", models
+        yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def served():
+    """(url, models) of the app running on a free local port with tiny models."""
+    models = tiny_chat_models()
+    with serve(models, app.AppSettings(max_new_tokens=10, context_window=512, queue_size=4)) as url:
+        yield url, models
 
 
 def test_importing_the_app_builds_the_demo_without_loading_a_model():

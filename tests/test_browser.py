@@ -18,7 +18,7 @@ if not CHROMIUM.is_file():
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 import app  # noqa: E402
-from tests.test_app import free_port  # noqa: E402
+from tests.test_app import serve  # noqa: E402
 from tests.test_chat import tiny_chat_models  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -28,13 +28,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 @pytest.fixture(scope="module")
 def url():
     settings = app.AppSettings(max_new_tokens=12, context_window=512, queue_size=4)
-    demo = app.build_demo(app.ModelLoader.ready(tiny_chat_models()), settings)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with serve(tiny_chat_models(), settings) as served_url:
+        yield served_url
 
 
 @pytest.fixture

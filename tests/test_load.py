@@ -20,7 +20,7 @@ import app
 import stac
 from stac.chat import ChatSession, GenerationSettings
 from tests.conftest import tiny_ann, tiny_calibration
-from tests.test_app import _text, free_port
+from tests.test_app import _text, serve
 from tests.test_chat import tiny_chat_models
 
 SESSIONS, TURNS = 8, 5
@@ -56,13 +56,8 @@ def models():
 
 @pytest.fixture(scope="module")
 def url(models):
-    demo = app.build_demo(app.ModelLoader.ready(models), SETTINGS)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with serve(models, SETTINGS) as served_url:
+        yield served_url
 
 
 def test_eight_concurrent_sessions_each_get_their_own_conversation_and_every_turn_is_answered(models, url):
