@@ -72,6 +72,11 @@ def architecture_for(model_type: str) -> Architecture:
         ) from None
 
 
+def encoder_name(arch: Architecture, block_index: int, group: EncoderGroup) -> str:
+    """Module path of a group's encoder inside the base model, e.g. ``model.layers.3.mlp.encoder_down``."""
+    return f"{arch.blocks}.{block_index}.{group.owner}.{group.name}"
+
+
 def in_features(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return layer.in_features
@@ -107,7 +112,7 @@ def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]
     for i, block in enumerate(blocks):
         for group in arch.groups:
             layers = group_consumers(block, group)
-            name = f"{arch.blocks}.{i}.{group.owner}.{group.name}"
+            name = encoder_name(arch, i, group)
             own = spiking.for_encoder(name)
             encoder = SpikeEncoder(in_features(layers[0]), own.coding, own.timesteps, own.engine)
             block.get_submodule(group.owner).add_module(group.name, encoder)

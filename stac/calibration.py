@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import Architecture, blocks_of, group_consumers
+from .architectures import Architecture, blocks_of, encoder_name, group_consumers
 from .data import CALIBRATION_CHATS, chat_token_sequences, read_text, token_windows
 
 
@@ -24,11 +24,11 @@ def default_calibration(tokenizer, n_tokens: int | None = None, window: int = 51
 
 @torch.no_grad()
 def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tensor],
-                progress: bool = False) -> dict[tuple[int, str], torch.Tensor]:
-    """Largest |x| per input channel of every encoder group, keyed by (block index, group name)."""
+                progress: bool = False) -> dict[str, torch.Tensor]:
+    """Largest |x| per input channel of every encoder group, keyed by encoder name (``encoder_name``)."""
     if not sequences:
         raise ValueError("calibration needs at least one token sequence")
-    stats: dict[tuple[int, str], torch.Tensor] = {}
+    stats: dict[str, torch.Tensor] = {}
     handles = []
 
     def observer(key):
@@ -40,7 +40,7 @@ def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tens
     for i, block in enumerate(blocks_of(model, arch)):
         for group in arch.groups:
             first = group_consumers(block, group)[0]
-            handles.append(first.register_forward_pre_hook(observer((i, group.name))))
+            handles.append(first.register_forward_pre_hook(observer(encoder_name(arch, i, group))))
     was_training = model.training
     model.eval()
     try:

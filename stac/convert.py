@@ -23,7 +23,7 @@ _STORAGE_KEYS = ("quantization_config", "_name_or_path", "name_or_path", "dtype"
 
 def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibration=None,
             tokenizer=None, progress: bool = False,
-            stats: dict[tuple[int, str], torch.Tensor] | None = None) -> StacForCausalLM:
+            stats: dict[str, torch.Tensor] | None = None) -> StacForCausalLM:
     """Convert a causal LM into a spiking StacForCausalLM.
 
     Args:
@@ -57,8 +57,7 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
     base.config = stac_config.text_config
     snn = StacForCausalLM(stac_config, base_model=base)
     encoders = snn.encoders
-    for (i, group), ch_max in stats.items():
-        name = f"{arch.blocks}.{i}.{_owner(arch, group)}.{group}"
+    for name, ch_max in stats.items():
         margin = config.for_encoder(name).threshold_margin
         encoders[f"model.{name}"].threshold.copy_((ch_max * margin).clamp_min(config.min_threshold))
     if len(stats) != len(encoders):
@@ -66,7 +65,3 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
     snn.to(model.dtype)
     snn.eval()
     return snn
-
-
-def _owner(arch, group_name: str) -> str:
-    return next(g.owner for g in arch.groups if g.name == group_name)

@@ -148,12 +148,12 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 
 # ----- converting many configs from one calibration ----------------------------------------------------
-def calibrate(ann, calibration: Sequence[torch.Tensor]) -> dict[tuple[int, str], torch.Tensor]:
+def calibrate(ann, calibration: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The per-channel statistics every config's thresholds are derived from (gathered once per sweep)."""
     return channel_max(ann, architecture_for(ann.config.model_type), list(calibration))
 
 
-def convert_calibrated(ann, config: SpikingConfig, stats: dict[tuple[int, str], torch.Tensor]):
+def convert_calibrated(ann, config: SpikingConfig, stats: dict[str, torch.Tensor]):
     """``convert(ann, config, calibration)`` for ``stats = calibrate(ann, calibration)``, without running
     the calibration text again: thresholds are set from ``stats`` exactly as ``convert`` sets them.
 

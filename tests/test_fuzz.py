@@ -107,7 +107,8 @@ def test_spiking_config_is_valid_or_a_clear_type_or_value_error(kwargs, operatio
 @FUZZ
 @given(d=junk)
 def test_spiking_config_from_dict_takes_anything(d):
-    valid_or_clear_error(lambda: SpikingConfig.from_dict(d))
+    config = valid_or_clear_error(lambda: SpikingConfig.from_dict(d))
+    assert config is None or SpikingConfig.from_dict(config.to_dict()) == config
 
 
 text_configs = st.one_of(
