@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from spikingjelly.activation_based.neuron import SimpleBaseNode
 
+from .kernels import applies as _kernel_applies, bitplane_levels as _kernel_bitplane_levels
 from .neurons import BitPlaneNode, SignedIFNode, bitplane_spike_count, step_weights_bitplane
 
 # Rate-coded input currents are rounded to multiples of 2^-12 of the threshold: sums of T such currents
@@ -73,9 +74,20 @@ class Coding:
     def levels(self, u: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def run(self, node: SimpleBaseNode, x: torch.Tensor, threshold: torch.Tensor,
+            unit: torch.Tensor) -> torch.Tensor:
+        """``simulate(node, normalise(x, threshold))``; ``unit`` is ``unit(threshold)``, passed in so callers can cache it."""
+        return self.simulate(node, self.normalise(x, threshold))
+
     def closed_form(self, x: torch.Tensor, threshold: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         """``levels(normalise(x, threshold))``; ``unit`` is ``unit(threshold)``, passed in so callers can cache it."""
         return self.levels(self.normalise(x, threshold))
+
+    def closed_form_scaled(self, x: torch.Tensor, threshold: torch.Tensor,
+                           unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(levels, levels * unit): the closed form and the float32 input it gives the synapses."""
+        levels = self.closed_form(x, threshold, unit)
+        return levels, levels * unit
 
     def spike_count(self, levels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -158,6 +170,15 @@ class BitPlaneCoding(Coding):
 
     def closed_form(self, x, threshold, unit):
         return _bitplane_levels(x, unit, float(self.max_level))
+
+    def run(self, node, x, threshold, unit):
+        m = float(self.max_level)
+        return self.simulate(node, (x.float() / unit).clamp(-m, m))  # normalise() with the cached unit
+
+    def closed_form_scaled(self, x, threshold, unit):
+        if _kernel_applies(x):
+            return _kernel_bitplane_levels(x, unit, float(self.max_level))
+        return super().closed_form_scaled(x, threshold, unit)
 
     def spike_count(self, levels):
         return bitplane_spike_count(levels, self.timesteps, self.sparsity)

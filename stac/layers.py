@@ -82,12 +82,14 @@ class SpikeEncoder(nn.Module):
 
     def _unit(self) -> torch.Tensor:
         """``coding.unit(threshold)``, recomputed only when the threshold buffer changes."""
+        threshold = self._buffers["threshold"]
         if torch.compiler.is_compiling():
-            return self.coding.unit(self.threshold.float())
-        key = (self.threshold._version, self.threshold.data_ptr())
+            return self.coding.unit(threshold.float())
+        key = (threshold._version, threshold.data_ptr())
         cached = self._unit_cache
         if cached is None or cached[:2] != key:
-            self._unit_cache = cached = (*key, self.coding.unit(self.threshold.float()))
+            # __dict__ directly: nn.Module.__setattr__ costs more than a decode step's closed form
+            self.__dict__["_unit_cache"] = cached = (*key, self.coding.unit(threshold.float()))
         return cached[2]
 
     @property
@@ -104,26 +106,31 @@ class SpikeEncoder(nn.Module):
     def reset(self) -> None:
         """Clear neuron state and the memo."""
         self.node.reset()
-        self._memo = None
+        self.__dict__["_memo"] = None
+
+    def forget(self) -> None:
+        """Drop the memoised code (the node is already at rest: it is reset after every input)."""
+        self.__dict__["_memo"] = None
 
     def forward(self, x: torch.Tensor) -> SpikeCode:
         tracing = torch.compiler.is_compiling()  # export/compile: no memo (it guards on tensor versions)
         memo = self._memo
         if not tracing and memo is not None and memo[0] is x and memo[1] == x._version and memo[2] == self._engine:
             return memo[3]
-        threshold = self.threshold.float()
+        threshold = self._buffers["threshold"].float()
         unit = self._unit()
+        step_weights = self._buffers["_step_weights"]
         if self._engine == "time_stepped":
-            u = self.coding.normalise(x, threshold)
-            self.node.reset()
-            train = self.coding.simulate(self.node, u)
-            self.node.reset()
-            code = SpikeCode(self.coding, unit, self._step_weights, train=train)
+            node = self._modules["node"]
+            node.reset()
+            train = self.coding.run(node, x, threshold, unit)
+            node.reset()
+            code = SpikeCode(self.coding, unit, step_weights, train=train)
         else:
-            levels = self.coding.closed_form(x, threshold, unit)
-            code = SpikeCode(self.coding, unit, self._step_weights, levels=levels)
+            levels, scaled = self.coding.closed_form_scaled(x, threshold, unit)
+            code = SpikeCode(self.coding, unit, step_weights, levels=levels, _scaled=scaled)
         if not tracing:
-            self._memo = (x, x._version, self._engine, code)
+            self.__dict__["_memo"] = (x, x._version, self._engine, code)
         return code
 
     def extra_repr(self) -> str:
@@ -169,18 +176,21 @@ class SpikingLinear(nn.Module):
         return self._encoder[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        code = self.encoder(x)
+        code = self._encoder[0](x)
         # Calling base_layer (not reading its weight) keeps hooks on it working, e.g. accelerate's offload.
-        dtype = _parameter_dtype(self.base_layer)
+        base = self._modules["base_layer"]
+        dtype = _parameter_dtype(base)
         if code.train is None:
-            return self.base_layer(code.scaled(dtype))
+            return base(code.scaled(dtype))
         # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses; the bias is added
         # once, not once per step.
-        per_step = self.base_layer(code.scaled(dtype))
-        bias = self.base_layer.bias
+        per_step = base(code.scaled(dtype))
+        bias = base.bias
         if bias is not None:
             per_step = per_step - bias
-        out = torch.tensordot(code.step_weights.to(per_step.dtype), per_step, dims=1)
+        steps = per_step.shape[0]
+        # sum_t w_t * per_step[t], as one [T] x [T, rest] product
+        out = (code.step_weights.to(per_step.dtype) @ per_step.reshape(steps, -1)).view(per_step.shape[1:])
         return out if bias is None else out + bias
 
     def extra_repr(self) -> str:

@@ -125,7 +125,9 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
                 **kwargs,
             )
         finally:
-            self.reset_neurons()
+            # Every encoder resets its neurons after each input; what is left to drop is the memo.
+            for encoder in self._encoder_list():
+                encoder.forget()
 
     def _check_context(self, inputs: torch.Tensor | None, past_key_values) -> None:
         """Refuse input that runs past the base model's positions (GPT-2 would fail obscurely, Llama silently)."""

@@ -32,6 +32,8 @@ import math
 import torch
 from spikingjelly.activation_based.neuron import SimpleBaseNode
 
+from .kernels import applies as _kernel_applies, bitplane_run as _kernel_bitplane_run
+
 
 def _signed_fire(v: torch.Tensor, threshold: float, negative_threshold: float) -> torch.Tensor:
     """+1 where v >= threshold, -1 where v < negative_threshold, 0 elsewhere (in v's dtype)."""
@@ -119,6 +121,9 @@ class BitPlaneNode(SimpleBaseNode):
         self.step_weights = step_weights_bitplane(timesteps)
         self.thresholds = [math.ceil(sparsity * w) - 0.5 for w in self.step_weights]
         self._float_weights = [float(w) for w in self.step_weights]
+        # float32 copies for the compiled loop (exact: powers of two and half-integers)
+        self._weights_f32 = torch.tensor(self._float_weights, dtype=torch.float32)
+        self._thresholds_f32 = torch.tensor(self.thresholds, dtype=torch.float32)
         self.register_memory("t", 0)
 
     def neuronal_charge(self, x: torch.Tensor) -> None:
@@ -140,9 +145,13 @@ class BitPlaneNode(SimpleBaseNode):
         """Multi-step run from a fresh state with ``u`` injected at t=0: [T, *u.shape] spikes.
 
         The same charge -> fire -> reset arithmetic as ``single_step_forward``, in one compiled loop (the
-        way SpikingJelly's own neurons fuse their multi-step path). Leaves the node at t = T.
+        way SpikingJelly's own neurons fuse their multi-step path): the C loop of ``stac.kernels`` where it
+        applies, else TorchScript; both bit-identical. Leaves the node at t = T.
         """
-        train, self.v = _bitplane_multistep(u, self._float_weights, self.thresholds)
+        if _kernel_applies(u):
+            train, self.v = _kernel_bitplane_run(u, self._weights_f32, self._thresholds_f32)
+        else:
+            train, self.v = _bitplane_multistep(u, self._float_weights, self.thresholds)
         self.t = self.timesteps
         return train
 

@@ -1,0 +1,162 @@
+"""Fused CPU loops for the bit-plane neurons, built with the system C compiler on first use.
+
+At decode sizes (one token, 576-1536 neurons per encoder) the neuron loop and the closed form are not
+arithmetic but kernel dispatch: the TorchScript loops in ``stac.neurons`` / ``stac.coding`` issue 6-7 tensor
+ops per timestep, about 200 us per encoder for T=10. The loops below do the same float32 arithmetic, in
+the same order, in one pass over memory (a few microseconds), the way SpikingJelly fuses its neurons'
+multi-step path into one CUDA kernel on GPUs.
+
+Same arithmetic means bit-identical results, which the tests check against the TorchScript path:
+the source is compiled without ``-ffast-math`` and with ``-ffp-contract=off`` (no fused multiply-adds),
+and every operation is the float32 operation torch performs (IEEE division, floor, compare, subtract).
+
+The kernels are optional. ``available()`` is False when there is no C compiler, when the build fails,
+or when ``STAC_KERNELS=0``; callers then use the TorchScript path, which computes the same values.
+The shared library is cached under ``$STAC_CACHE`` (default ``~/.cache/stac``), keyed by a hash of the source.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+
+/* BitPlaneCoding.closed_form: levels = round-half-up(clamp(x / unit, -m, m)); scaled = levels * unit. */
+void stac_bitplane_levels(const float *x, const float *unit, int64_t n, int64_t d, float m,
+                          float *levels, float *scaled) {
+    for (int64_t i = 0; i < n; ++i) {
+        float un = unit[i % d];
+        float u = x[i] / un;
+        u = u < -m ? -m : (u > m ? m : u);
+        float f = floorf(u);
+        float lv = f + ((u - f) >= 0.5f ? 1.0f : 0.0f);
+        levels[i] = lv;
+        scaled[i] = lv * un;
+    }
+}
+
+/* BitPlaneNode.run_pulse: the spike train [T, n] and final membrane [n] for input u [n] injected at t=0.
+   Per step: S = (V >= th) - (V < -th); V = V - S * w. */
+void stac_bitplane_run(const float *u, int64_t n, int64_t steps, const float *w, const float *th,
+                       float *train, float *v_out) {
+    for (int64_t i = 0; i < n; ++i) {
+        float v = u[i];
+        for (int64_t t = 0; t < steps; ++t) {
+            float s = (v >= th[t] ? 1.0f : 0.0f) - (v < -th[t] ? 1.0f : 0.0f);
+            float sw = s * w[t];
+            v = v - sw;
+            train[t * n + i] = s;
+        }
+        v_out[i] = v;
+    }
+}
+"""
+
+_FLAGS = ["-O2", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math"]
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("STAC_CACHE", Path.home() / ".cache" / "stac"))
+
+
+def _build() -> ctypes.CDLL:
+    key = hashlib.sha256((_SOURCE + " ".join(_FLAGS)).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"kernels-{key}.so"
+    if not target.exists():
+        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise RuntimeError("no C compiler found (set CC)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src = Path(tmp) / "kernels.c"
+            src.write_text(_SOURCE)
+            built = Path(tmp) / "kernels.so"
+            subprocess.run([compiler, *_FLAGS, str(src), "-o", str(built), "-lm"], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(built, target)  # atomic: concurrent first uses never load a half-written file
+    lib = ctypes.CDLL(str(target))
+    f, i64, fp = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
+    lib.stac_bitplane_levels.argtypes = [fp, fp, i64, i64, f, fp, fp]
+    lib.stac_bitplane_levels.restype = None
+    lib.stac_bitplane_run.argtypes = [fp, i64, i64, fp, fp, fp, fp]
+    lib.stac_bitplane_run.restype = None
+    return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _tried, _error
+    if not _tried:
+        _tried = True
+        if os.environ.get("STAC_KERNELS", "1") != "0":
+            try:
+                _lib = _build()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                _error = f"{type(e).__name__}: {e}"
+    return _lib
+
+
+def _loaded() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"STAC's compiled kernels are unavailable: {_error or 'disabled by STAC_KERNELS=0'}")
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled kernels can be used in this process."""
+    return _library() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why ``available()`` is False (None when it is True or was never asked)."""
+    return _error if _tried and _lib is None else None
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether the kernels can take ``x``: float32 on the CPU, eager (not traced/compiled), no autograd."""
+    return (
+        x.dtype is torch.float32
+        and x.device.type == "cpu"
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and (_lib is not None or (not _tried and available()))
+    )
+
+
+def bitplane_levels(x: torch.Tensor, unit: torch.Tensor, max_level: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(levels, levels * unit) for ``x`` [..., d] and ``unit`` [d]; the values of ``coding._bitplane_levels``."""
+    x = x.contiguous()
+    unit = unit.to(torch.float32).contiguous()
+    levels = torch.empty_like(x)
+    scaled = torch.empty_like(x)
+    _loaded().stac_bitplane_levels(x.data_ptr(), unit.data_ptr(), x.numel(), unit.numel(), max_level,
+                              levels.data_ptr(), scaled.data_ptr())
+    return levels, scaled
+
+
+def bitplane_run(u: torch.Tensor, weights: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(spike train [T, *u.shape], final membrane) of a BitPlaneNode fed ``u`` at t=0.
+
+    ``weights`` and ``thresholds`` are the node's float32 [T] step weights and thresholds.
+    """
+    u = u.contiguous()
+    steps = weights.numel()
+    train = torch.empty((steps, *u.shape), dtype=torch.float32)
+    v = torch.empty_like(u)
+    _loaded().stac_bitplane_run(u.data_ptr(), u.numel(), steps, weights.data_ptr(), thresholds.data_ptr(),
+                           train.data_ptr(), v.data_ptr())
+    return train, v

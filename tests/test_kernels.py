@@ -1,0 +1,109 @@
+"""The compiled C loops compute exactly what the TorchScript neurons and closed form compute."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stac import kernels
+from stac.coding import _bitplane_levels, make_coding
+from stac.neurons import BitPlaneNode, _bitplane_multistep
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"no kernels: {kernels.unavailable_reason()}")
+
+finite = st.floats(-1e5, 1e5, allow_nan=False, width=32)
+
+
+def _awkward(unit: torch.Tensor, max_level: int) -> torch.Tensor:
+    """Inputs on and next to every rounding tie, at and past the clamp, zeros of both signs."""
+    k = torch.arange(-6, 7, dtype=torch.float32)
+    ties = (k + 0.5)[:, None] * unit
+    near = torch.cat([torch.nextafter(ties, ties + 1), torch.nextafter(ties, ties - 1)])
+    edge = torch.stack([unit * max_level, -unit * max_level, unit * (max_level + 0.5), unit * 1e6,
+                        torch.zeros_like(unit), -torch.zeros_like(unit)])
+    return torch.cat([ties, near, edge])
+
+
+@pytest.mark.parametrize("timesteps", [1, 4, 10, 12])
+def test_closed_form_kernel_equals_the_torchscript_closed_form_bit_for_bit(timesteps):
+    coding = make_coding("signed_digit", timesteps)
+    torch.manual_seed(timesteps)
+    unit = coding.unit(torch.rand(48) * 3 + 0.01)
+    x = torch.cat([torch.randn(200, 48) * unit * coding.max_level / 3, _awkward(unit, coding.max_level)])
+    levels, scaled = kernels.bitplane_levels(x, unit, float(coding.max_level))
+    expected = _bitplane_levels(x, unit, float(coding.max_level))
+    assert torch.equal(levels, expected)
+    assert torch.equal(scaled, expected * unit)
+    assert torch.equal(levels.view(-1).view(torch.int32), expected.view(-1).view(torch.int32))  # signs of zero too
+
+
+def test_closed_form_kernel_propagates_nan_like_torch():
+    unit = torch.tensor([0.5, 0.25])
+    x = torch.tensor([[float("nan"), 1.0], [float("inf"), -float("inf")]])
+    levels, _ = kernels.bitplane_levels(x, unit, 1023.0)
+    assert torch.equal(levels.isnan(), _bitplane_levels(x, unit, 1023.0).isnan())
+    assert torch.equal(levels[1], torch.tensor([1023.0, -1023.0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 14), st.sampled_from([1.0, 0.75]), st.lists(finite, min_size=1, max_size=64))
+def test_neuron_kernel_equals_the_torchscript_loop_spike_for_spike(timesteps, sparsity, values):
+    node = BitPlaneNode(timesteps, sparsity)
+    m = float(2**timesteps - 1)
+    u = torch.tensor(values, dtype=torch.float32).clamp(-m, m)
+    train, v = kernels.bitplane_run(u, node._weights_f32, node._thresholds_f32)
+    ref_train, ref_v = _bitplane_multistep(u, node._float_weights, node.thresholds)
+    assert torch.equal(train, ref_train)
+    assert torch.equal(v, ref_v)
+
+
+def test_neuron_kernel_keeps_the_input_shape_and_leaves_the_node_at_step_T():
+    node = BitPlaneNode(6, 0.75)
+    u = torch.linspace(-63, 63, 2 * 3 * 5).view(2, 3, 5)
+    train = node.run_pulse(u)
+    assert train.shape == (6, 2, 3, 5)
+    assert node.t == 6
+    weights = torch.tensor(node._float_weights)
+    assert torch.equal(torch.tensordot(weights, train, dims=1), torch.floor(u + 0.5))
+
+
+def test_kernels_are_skipped_where_they_cannot_apply():
+    x = torch.randn(3, 4)
+    assert kernels.applies(x)
+    assert not kernels.applies(x.double())
+    assert not kernels.applies(x.requires_grad_())
+    with torch.no_grad():
+        assert kernels.applies(x)
+
+
+def test_without_kernels_the_encoder_gives_the_same_model_output(tmp_path):
+    """STAC_KERNELS=0 (as on a machine with no C compiler) runs the TorchScript path: same logits, same spikes."""
+    script = (
+        "import torch, stac, sys\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "torch.manual_seed(0)\n"
+        "cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,"
+        " num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)\n"
+        "ann = LlamaForCausalLM(cfg).eval()\n"
+        "ids = torch.randint(0, 64, (2, 12))\n"
+        "snn = stac.convert(ann, stac.SpikingConfig(timesteps=8), calibration=list(ids))\n"
+        "out = {}\n"
+        "for engine in ('closed_form', 'time_stepped'):\n"
+        "    snn.set_engine(engine)\n"
+        "    with torch.no_grad(): out[engine] = snn(input_ids=ids).logits\n"
+        "out['kernels'] = torch.tensor(stac.kernels.available())\n"
+        "torch.save(out, sys.argv[1])\n"
+    )
+    results = {}
+    for flag in ("1", "0"):
+        path = tmp_path / f"out{flag}.pt"
+        env = {**os.environ, "STAC_KERNELS": flag}
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=300)
+        results[flag] = torch.load(path)
+    assert bool(results["1"]["kernels"]) and not bool(results["0"]["kernels"])
+    for engine in ("closed_form", "time_stepped"):
+        assert torch.equal(results["1"][engine], results["0"][engine])
