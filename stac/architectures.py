@@ -26,6 +26,8 @@ class EncoderGroup:
 class Architecture:
     blocks: str  # path of the ModuleList of decoder blocks
     groups: tuple[EncoderGroup, ...]
+    # The output projection's encoder, at the model's root (owner ""), used when SpikingConfig.spiking_head
+    head: EncoderGroup | None = None
 
 
 _LLAMA_LAYOUT = Architecture(
@@ -36,6 +38,7 @@ _LLAMA_LAYOUT = Architecture(
         EncoderGroup("encoder_gate_up", "mlp", ("mlp.gate_proj", "mlp.up_proj")),
         EncoderGroup("encoder_down", "mlp", ("mlp.down_proj",)),
     ),
+    head=EncoderGroup("encoder_head", "", ("lm_head",)),
 )
 
 _GPT2_LAYOUT = Architecture(
@@ -46,6 +49,7 @@ _GPT2_LAYOUT = Architecture(
         EncoderGroup("encoder_fc", "mlp", ("mlp.c_fc",)),
         EncoderGroup("encoder_proj", "mlp", ("mlp.c_proj",)),
     ),
+    head=EncoderGroup("encoder_head", "", ("lm_head",)),
 )
 
 # model_type (as in a transformers config) -> layout.
@@ -77,6 +81,11 @@ def encoder_name(arch: Architecture, block_index: int, group: EncoderGroup) -> s
     return f"{arch.blocks}.{block_index}.{group.owner}.{group.name}"
 
 
+def head_encoder_name(arch: Architecture) -> str:
+    """Module path of the lm_head's encoder inside the base model (it sits at the root): ``encoder_head``."""
+    return arch.head.name
+
+
 def in_features(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return layer.in_features
@@ -100,28 +109,50 @@ def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]
     """
     arch = architecture_for(model.config.model_type)
     blocks = blocks_of(model, arch)
-    for block in blocks:
-        for group in arch.groups:
-            for layer in group_consumers(block, group):
-                if type(layer) not in SYNAPSES:
-                    raise UnsupportedArchitectureError(
-                        f"cannot make {type(layer).__name__} spiking in {group.consumers}; supported "
-                        f"module types: {[t.__name__ for t in SYNAPSES]}"
-                    )
+    # (owner module, group, encoder name) for every encoder to create, blocks first, then the head
+    sites = [(block, group, encoder_name(arch, i, group))
+             for i, block in enumerate(blocks) for group in arch.groups]
+    if spiking.spiking_head and arch.head is not None:
+        sites.append((model, arch.head, head_encoder_name(arch)))
+    for owner, group, _ in sites:
+        for layer in group_consumers(owner, group):
+            if type(layer) not in SYNAPSES:
+                raise UnsupportedArchitectureError(
+                    f"cannot make {type(layer).__name__} spiking in {group.consumers}; supported "
+                    f"module types: {[t.__name__ for t in SYNAPSES]}"
+                )
     encoders = {}
-    for i, block in enumerate(blocks):
-        for group in arch.groups:
-            layers = group_consumers(block, group)
-            name = encoder_name(arch, i, group)
-            own = spiking.for_encoder(name)
-            encoder = SpikeEncoder(in_features(layers[0]), own.coding, own.timesteps, own.engine)
-            block.get_submodule(group.owner).add_module(group.name, encoder)
-            for path, layer in zip(group.consumers, layers):
-                parent_path, _, attr = path.rpartition(".")
-                parent = block.get_submodule(parent_path) if parent_path else block
-                setattr(parent, attr, SpikingLinear(layer, encoder))
-            encoders[name] = encoder
+    for owner, group, name in sites:
+        layers = group_consumers(owner, group)
+        own = spiking.for_encoder(name)
+        encoder = SpikeEncoder(in_features(layers[0]), own.coding, own.timesteps, own.engine)
+        (owner.get_submodule(group.owner) if group.owner else owner).add_module(group.name, encoder)
+        for path, layer in zip(group.consumers, layers):
+            parent_path, _, attr = path.rpartition(".")
+            parent = owner.get_submodule(parent_path) if parent_path else owner
+            setattr(parent, attr, SpikingLinear(layer, encoder))
+            if owner is model:
+                _retarget_ties(model, path)
+        encoders[name] = encoder
     return encoders
+
+
+def _retarget_ties(model: nn.Module, path: str) -> None:
+    """The layer at ``path`` now lives at ``path.base_layer``: say so in the model's tied-weight maps.
+
+    transformers ties (and, when saving, de-duplicates) weights by parameter name, from the class's
+    ``_tied_weights_keys`` (e.g. lm_head.weight -> model.embed_tokens.weight) expanded into the instance's
+    ``all_tied_weights_keys`` by ``post_init``; both follow the wrapped layer.
+    """
+    old, new = f"{path}.", f"{path}.base_layer."
+
+    def moved(name: str) -> str:
+        return new + name[len(old):] if name.startswith(old) else name
+
+    for attr in ("_tied_weights_keys", "all_tied_weights_keys"):
+        ties = getattr(model, attr, None)
+        if isinstance(ties, dict):
+            setattr(model, attr, {moved(k): moved(v) for k, v in ties.items()})
 
 
 def encoders_of(model: nn.Module) -> dict[str, SpikeEncoder]:

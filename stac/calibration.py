@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import Architecture, blocks_of, encoder_name, group_consumers
+from .architectures import Architecture, blocks_of, encoder_name, group_consumers, head_encoder_name
 from .data import CALIBRATION_CHATS, chat_token_sequences, read_text, token_windows
 
 
@@ -25,7 +25,7 @@ def default_calibration(tokenizer, n_tokens: int | None = None, window: int = 51
 @torch.no_grad()
 def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tensor],
                 progress: bool = False) -> dict[str, torch.Tensor]:
-    """Largest |x| per input channel of every encoder group, keyed by encoder name (``encoder_name``)."""
+    """Largest |x| per input channel of every encoder group (and the head's), keyed by encoder name."""
     if not sequences:
         raise ValueError("calibration needs at least one token sequence")
     stats: dict[str, torch.Tensor] = {}
@@ -41,6 +41,9 @@ def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tens
         for group in arch.groups:
             first = group_consumers(block, group)[0]
             handles.append(first.register_forward_pre_hook(observer(encoder_name(arch, i, group))))
+    if arch.head is not None:
+        head = group_consumers(model, arch.head)[0]
+        handles.append(head.register_forward_pre_hook(observer(head_encoder_name(arch))))
     was_training = model.training
     model.eval()
     try:

@@ -32,16 +32,16 @@ FLOAT_OPERATIONS = (
     "rotary position embeddings",
     "MLP activation function (SiLU / GELU) and the gate*up product",
     "residual additions",
-    "lm_head",
 )
+HEAD_FLOAT_OPERATION = "lm_head"
 
 
 @dataclass(frozen=True)
 class SpikingConfig:
     """How a model is converted into a spiking network.
 
-    Every input to a weight matmul inside the decoder blocks is produced by spiking neurons of ``coding``
-    run for ``timesteps`` steps; per-input-channel thresholds are ``threshold_margin`` times the largest
+    Every input to a weight matmul inside the decoder blocks (and, with ``spiking_head``, the lm_head's
+    input) is produced by spiking neurons of ``coding`` run for ``timesteps`` steps; per-input-channel thresholds are ``threshold_margin`` times the largest
     |activation| seen on calibration text.
     """
 
@@ -50,6 +50,9 @@ class SpikingConfig:
     threshold_margin: float = 4.0  # threshold = margin * per-channel max |x| on calibration data
     engine: str = "closed_form"  # "closed_form" (fast, no T loop) or "time_stepped" (spike trains)
     min_threshold: float = 1e-4  # floor for channels that never fired during calibration
+    # The lm_head's input is spike-coded too (measured: docs/levers.md). Checkpoints written before this
+    # option existed have a float lm_head; from_dict reads a missing key as False.
+    spiking_head: bool = True
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
     # Per-encoder settings, applied in order (later wins): (glob over encoder names such as
     # "model.layers.*.mlp.encoder_down", {"timesteps" or "timestep_offset": .., "coding": ..,
@@ -75,7 +78,11 @@ class SpikingConfig:
         if not isinstance(self.float_operations, (list, tuple)) or not all(
                 isinstance(op, str) for op in self.float_operations):
             raise TypeError(f"SpikingConfig.float_operations must be a list of strings, got {self.float_operations!r}")
-        object.__setattr__(self, "float_operations", tuple(self.float_operations))
+        if not isinstance(self.spiking_head, bool):
+            raise TypeError(f"SpikingConfig.spiking_head must be a bool, got {self.spiking_head!r}")
+        # float_operations documents what stays in float: keep its lm_head entry true to spiking_head
+        ops = tuple(op for op in self.float_operations if op != HEAD_FLOAT_OPERATION)
+        object.__setattr__(self, "float_operations", ops if self.spiking_head else (*ops, HEAD_FLOAT_OPERATION))
         if not isinstance(self.layer_overrides, (list, tuple)):
             raise TypeError(f"SpikingConfig.layer_overrides must be a list, got {self.layer_overrides!r}")
         overrides = []
@@ -124,7 +131,7 @@ class SpikingConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown spiking config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return cls(**{"spiking_head": False, **d})
 
     def replace(self, **changes) -> "SpikingConfig":
         return dataclasses.replace(self, **changes)

@@ -56,12 +56,13 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
     base = copy.deepcopy(model)
     base.config = stac_config.text_config
     snn = StacForCausalLM(stac_config, base_model=base)
-    encoders = snn.encoders
-    for name, ch_max in stats.items():
-        margin = config.for_encoder(name).threshold_margin
-        encoders[f"model.{name}"].threshold.copy_((ch_max * margin).clamp_min(config.min_threshold))
-    if len(stats) != len(encoders):
-        raise RuntimeError(f"calibration reached {len(stats)} of {len(encoders)} encoders")
+    missing = [name for name in snn.encoders if name.removeprefix("model.") not in stats]
+    if missing:
+        raise RuntimeError(f"calibration has no statistics for {len(missing)} encoders, e.g. {missing[:3]}")
+    for name, encoder in snn.encoders.items():
+        base_name = name.removeprefix("model.")
+        margin = config.for_encoder(base_name).threshold_margin
+        encoder.threshold.copy_((stats[base_name] * margin).clamp_min(config.min_threshold))
     snn.to(model.dtype)
     snn.eval()
     return snn

@@ -44,7 +44,7 @@ def config_name(config: SpikingConfig) -> str:
             str(_SHORT.get(v, v)) if k == "coding" else (
                 f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else f"m{v:g}"))
             for k, v in settings.items())
-    return name
+    return name + ("+head" if config.spiking_head else "")
 
 
 def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
@@ -58,27 +58,34 @@ def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
     return tuple(overrides)
 
 
-def _sd(t: int, margin: float = 4.0, **groups: int) -> SpikingConfig:
-    return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=group_overrides(**groups))
+def _sd(t: int, margin: float = 4.0, head: bool = False, **groups: int) -> SpikingConfig:
+    return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=group_overrides(**groups),
+                         spiking_head=head)
 
 
 # The sweep of docs/levers.md, in the order it runs: codings at equal T, T, margins, per-group sensitivity
 # (one group at a time lowered from 12 to 8), then allocations of T by that sensitivity (down_proj's input
-# is the most sensitive per joule saved, gate/up's the least).
+# is the most sensitive per joule saved, gate/up's the least), all with a float lm_head; then the lm_head's
+# input spike-coded as well.
 SWEEP: tuple[SpikingConfig, ...] = (
-    SpikingConfig(timesteps=12, coding="signed_digit", layer_overrides=()),
-    SpikingConfig(timesteps=12, coding="bitplane", layer_overrides=()),
-    SpikingConfig(timesteps=12, coding="rate", layer_overrides=()),
+    SpikingConfig(timesteps=12, coding="signed_digit", layer_overrides=(), spiking_head=False),
+    SpikingConfig(timesteps=12, coding="bitplane", layer_overrides=(), spiking_head=False),
+    SpikingConfig(timesteps=12, coding="rate", layer_overrides=(), spiking_head=False),
     _sd(8), _sd(10), _sd(14),
     _sd(10, 2.0), _sd(10, 3.0), _sd(10, 6.0),
     _sd(12, qkv=8), _sd(12, o=8), _sd(12, gate_up=8), _sd(12, down=8),
     _sd(10, down=12), _sd(10, down=12, gate_up=9), _sd(10, down=12, gate_up=9, o=8), _sd(9, down=12),
+    # the lm_head's input spike-coded too (at the base T)
+    _sd(10, down=12, gate_up=9, head=True), _sd(12, head=True),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
 
 def parse_config(spec: str) -> SpikingConfig:
-    """``coding:T:margin[:group=T,...]``, e.g. ``signed_digit:10:3`` or ``signed_digit:12:4:down=8``."""
+    """``coding:T:margin[:group=T,...]``, e.g. ``signed_digit:10:3`` or ``signed_digit:12:4:down=8``.
+
+    The lm_head's input spikes unless the groups say ``head=0``.
+    """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
@@ -87,8 +94,11 @@ def parse_config(spec: str) -> SpikingConfig:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
             groups[group] = int(t)
+    head = groups.pop("head", 1)
+    if head not in (0, 1):
+        raise ValueError(f"config spec {spec!r}: head=0 (float lm_head) or head=1 (spiking, the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
-                         layer_overrides=group_overrides(**groups))
+                         layer_overrides=group_overrides(**groups), spiking_head=bool(head))
 
 
 def config_spec(config: SpikingConfig) -> str:
@@ -98,6 +108,8 @@ def config_spec(config: SpikingConfig) -> str:
         if set(settings) != {"timesteps"} or not pattern.startswith("*.encoder_"):
             raise ValueError(f"no spec for override {pattern!r}: {settings}")
         groups.append(f"{pattern.removeprefix('*.encoder_')}={settings['timesteps']}")
+    if not config.spiking_head:
+        groups.append("head=0")
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 
@@ -203,6 +215,7 @@ def measure(ann, snn, tokenizer, ann_step: EnergyReport, energy_ids: torch.Tenso
     e_snn_text = e_snn - split["energy_spiking_j"] + text_split["energy_spiking_j"]
     block_macs = sum(l.macs for l in ann_step.per_layer
                      if l.kind == "dense" and not l.name.endswith(":attention") and "lm_head" not in l.name)
+    block_synops = sum(l.synops for l in step.per_layer if not l.name.endswith("encoder_head"))
     row.update({
         "energy_model": ann_step.energy_model,
         "energy_context": context,
@@ -214,7 +227,7 @@ def measure(ann, snn, tokenizer, ann_step: EnergyReport, energy_ids: torch.Tenso
         "spikes_per_token_text_avg": text_report.spikes_per_token,
         "spikes_per_neuron_text_avg": text_report.spikes / max(1, sum(l.neurons for l in text_report.per_layer)),
         "synops_per_token": step.synops / step.tokens,
-        "synops_per_block_mac": (step.synops / step.tokens) / (block_macs / ann_step.tokens),
+        "synops_per_block_mac": (block_synops / step.tokens) / (block_macs / ann_step.tokens),
         **split,
         # The best ratios reachable with everything else as it is: synaptic ops free, or the spiking
         # layers (synops, neurons, spike-weight accumulation) free altogether.

@@ -22,7 +22,26 @@ def test_every_block_matmul_is_spiking_and_nothing_else(kind):
         leftover = [n for n, m in block.named_modules()
                     if isinstance(m, nn.Linear) and not n.endswith("base_layer")]
         assert leftover == []
-    assert len(snn.encoders) == len(arch.groups) * len(blocks)
+    assert len(snn.encoders) == len(arch.groups) * len(blocks) + 1  # + the lm_head's encoder
+    assert isinstance(snn.model.lm_head, SpikingLinear)
+    assert snn.model.lm_head.encoder is snn.encoders["model.encoder_head"]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_spiking_head_false_keeps_a_float_lm_head(kind):
+    config = stac.SpikingConfig(spiking_head=False)
+    assert "lm_head" in config.float_operations
+    snn = stac.convert(tiny_ann(kind), config, calibration=tiny_calibration())
+    assert type(snn.model.lm_head) is nn.Linear
+    assert "model.encoder_head" not in snn.encoders
+    assert "lm_head" not in stac.SpikingConfig().float_operations
+
+
+def test_a_saved_config_without_spiking_head_reads_as_a_float_head():
+    """Checkpoints written before the option existed have a float lm_head and must load as they were."""
+    old = stac.SpikingConfig(spiking_head=False).to_dict()
+    del old["spiking_head"]
+    assert stac.SpikingConfig.from_dict(old).spiking_head is False
 
 
 def test_an_unsupported_model_is_refused_by_name_and_left_untouched():

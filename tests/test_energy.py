@@ -47,13 +47,15 @@ def hand_spike_counts(snn, ids):
     arch = architecture_for(snn.config.text_config.model_type)
     names = {m: n for n, m in snn.named_modules()}
     inputs, handles, groups = {}, [], {}
-    for block in blocks_of(snn.model, arch):
-        for group in arch.groups:
-            consumers = group_consumers(block, group)
-            encoder = consumers[0].encoder
-            groups[names[encoder]] = (encoder, sum(out_features(c.base_layer) for c in consumers))
-            handles.append(consumers[0].register_forward_pre_hook(
-                lambda m, args, name=names[encoder]: inputs.setdefault(name, []).append(args[0].clone())))
+    sites = [(block, group) for block in blocks_of(snn.model, arch) for group in arch.groups]
+    if snn.config.spiking_config.spiking_head:
+        sites.append((snn.model, arch.head))
+    for owner, group in sites:
+        consumers = group_consumers(owner, group)
+        encoder = consumers[0].encoder
+        groups[names[encoder]] = (encoder, sum(out_features(c.base_layer) for c in consumers))
+        handles.append(consumers[0].register_forward_pre_hook(
+            lambda m, args, name=names[encoder]: inputs.setdefault(name, []).append(args[0].clone())))
     try:
         with torch.no_grad():
             snn(input_ids=ids, use_cache=False)
@@ -135,9 +137,10 @@ def test_attention_macs_follow_the_kv_cache_length(kind):
     assert long.macs - short.macs == 2 * 2 * heads * (257 - 17) * head_dim
 
 
-def test_the_ann_has_no_spikes_and_the_snn_keeps_only_lm_head_and_attention_dense(kind):
+@pytest.mark.parametrize("spiking_head", [True, False], ids=["spiking-head", "float-head"])
+def test_the_ann_has_no_spikes_and_the_snn_keeps_only_attention_and_a_float_head_dense(kind, spiking_head):
     ann = tiny_ann(kind)
-    snn = stac.convert(ann, stac.SpikingConfig(), calibration=tiny_calibration())
+    snn = stac.convert(ann, stac.SpikingConfig(spiking_head=spiking_head), calibration=tiny_calibration())
     ids = ids_of(16)
     reports = {}
     for model in (ann, snn):
@@ -149,7 +152,7 @@ def test_the_ann_has_no_spikes_and_the_snn_keeps_only_lm_head_and_attention_dens
     snn_dense = {lay.name: lay.macs for lay in reports[snn].per_layer if lay.macs}
     ann_dense = {lay.name: lay.macs for lay in reports[ann].per_layer if lay.macs}
     assert snn_dense == {"model." + n: m for n, m in ann_dense.items()
-                         if n == "lm_head" or n.endswith(":attention")}
+                         if (n == "lm_head" and not spiking_head) or n.endswith(":attention")}
     assert reports[snn].tokens == reports[ann].tokens == ids.numel()
 
 
@@ -208,7 +211,7 @@ def test_synaptic_ops_agree_with_spikingjelly_synop_counter():
     finally:
         for h in handles:
             h.remove()
-    assert len(trains) == 8
+    assert len(trains) == 8 + 1  # 4 per block, and the lm_head's
     report = meter.report()
     for encoder, train in trains.items():
         module = consumers[encoder]

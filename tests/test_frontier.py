@@ -46,19 +46,23 @@ def test_every_preset_is_named_by_its_config_and_round_trips_through_its_spec():
     for name, config in PRESETS.items():
         assert config_name(config) == name
         assert parse_config(config_spec(config)) == config
-    assert config_name(parse_config("signed_digit:12:4:down=8,o=6")) == "sd-T12-m4+down8+o6"
+    assert config_name(parse_config("signed_digit:12:4:down=8,o=6")) == "sd-T12-m4+down8+o6+head"
+    assert config_name(parse_config("signed_digit:12:4:down=8,head=0")) == "sd-T12-m4+down8"
+    with pytest.raises(ValueError, match="head=0"):
+        parse_config("signed_digit:12:4:head=2")
     assert config_name(stac.SpikingConfig(coding="bitplane", timesteps=10, threshold_margin=2.5,
-                                          layer_overrides=())) == "bp-T10-m2.5"
+                                          layer_overrides=())) == "bp-T10-m2.5+head"
 
 
 def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
     assert list(select_configs(["sd-T12-m4"])) == ["sd-T12-m4"]
     assert set(select_configs(["sd-T10-m?"])) == {"sd-T10-m2", "sd-T10-m3", "sd-T10-m4", "sd-T10-m6"}
-    assert select_configs(["rate:16:2"]) == {"rate-T16-m2": stac.SpikingConfig(coding="rate", timesteps=16,
+    assert select_configs(["rate:16:2"]) == {"rate-T16-m2+head": stac.SpikingConfig(coding="rate", timesteps=16,
                                                                                threshold_margin=2.0,
                                                                                layer_overrides=())}
     assert select_configs(None) == PRESETS
-    assert config_name(stac.SpikingConfig()) == "sd-T10-m4+down+2+proj+2+gate_up-1+fc-1"
+    assert config_name(stac.SpikingConfig()) == "sd-T10-m4+down+2+proj+2+gate_up-1+fc-1+head"
+    assert config_name(stac.SpikingConfig(spiking_head=False)) == "sd-T10-m4+down+2+proj+2+gate_up-1+fc-1"
     with pytest.raises(ValueError, match="no preset matches"):
         select_configs(["sd-T99-*"])
     with pytest.raises(ValueError, match="unknown encoder group"):
@@ -68,7 +72,7 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
 def test_group_overrides_give_each_group_of_every_block_its_own_timesteps():
     config = parse_config("signed_digit:12:4:down=8,qkv=10")
     snn = stac.convert(tiny_ann("llama"), config, calibration=tiny_calibration())
-    expected = {"encoder_qkv": 10, "encoder_o": 12, "encoder_gate_up": 12, "encoder_down": 8}
+    expected = {"encoder_qkv": 10, "encoder_o": 12, "encoder_gate_up": 12, "encoder_down": 8, "encoder_head": 12}
     for name, encoder in snn.encoders.items():
         assert encoder.coding.timesteps == expected[name.rsplit(".", 1)[-1]], name
 
@@ -102,7 +106,7 @@ def test_a_measured_row_splits_the_snn_energy_exactly_and_bounds_the_ratio():
     assert row["energy_ratio"] < row["ratio_if_synops_free"] < row["ratio_if_spiking_free"]
     assert sum(row["spiking_j_by_group_text_avg"].values()) > 0
     assert set(row["spiking_j_by_group_text_avg"]) == {"encoder_qkv", "encoder_o", "encoder_gate_up",
-                                                        "encoder_down"}
+                                                        "encoder_down", "encoder_head"}
     assert 0 < row["spikes_per_neuron_text_avg"] <= 8 and row["top1_agreement"] > 0.9
 
 
@@ -123,9 +127,9 @@ def test_the_sweep_writes_rows_incrementally_a_marked_table_and_a_plot_and_resum
             "--plot", str(out["front.png"]), "--json", str(out["rows.json"])]
     rows = frontier_script().main(argv)
 
-    assert [r["name"] for r in rows] == ["sd-T8-m4", "rate-T4-m2"]
+    assert [r["name"] for r in rows] == ["sd-T8-m4", "rate-T4-m2+head"]
     logged = [json.loads(line) for line in out["log.jsonl"].read_text().splitlines()]
-    assert [r["name"] for r in logged] == ["sd-T8-m4", "rate-T4-m2"]
+    assert [r["name"] for r in logged] == ["sd-T8-m4", "rate-T4-m2+head"]
     assert json.loads(out["rows.json"].read_text()) == rows
     assert [r["on_front"] for r in rows] == pareto_front([(r["ppl_ratio"], r["energy_ratio"]) for r in rows])
     for r in rows:
@@ -133,7 +137,7 @@ def test_the_sweep_writes_rows_incrementally_a_marked_table_and_a_plot_and_resum
         assert r["energy_ratio"] > 0 and r["spikes_per_token"] > 0 and torch.isfinite(torch.tensor(r["kl"]))
     table = out["front.md"].read_text()
     assert sweep_command(rows) in table and "--configs sd-T8-m4 rate:4:2" in table
-    assert "`sd-T8-m4`" in table and "`rate-T4-m2`" in table
+    assert "`sd-T8-m4`" in table and "`rate-T4-m2+head`" in table
     assert out["front.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A rerun finds both rows in the log and measures nothing; --report-only redraws from the log alone.

@@ -33,7 +33,7 @@ def test_convert_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
                            "--timesteps", "6", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["spiking"]["timesteps"] == 6 and report["encoders"] == 8
+    assert report["spiking"]["timesteps"] == 6 and report["encoders"] == 8 + 1  # 4 per block, and the lm_head's
     model = AutoModelForCausalLM.from_pretrained(out)
     assert isinstance(model, stac.StacForCausalLM)
     assert (out / "tokenizer.json").is_file()
