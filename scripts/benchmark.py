@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="prefill: best of this many runs")
+    p.add_argument("--rounds", type=int, default=3, help="decode: median of this many interleaved rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--markdown", help="write the figures to this markdown file (e.g. docs/benchmark.md)")
     args = p.parse_args(argv)
@@ -44,8 +45,9 @@ def main(argv=None) -> int:
     t2 = time.perf_counter()
     rss_both = peak_rss_mb()
     ids = token_windows(tok, read_text("lee_background"), args.prompt_tokens, args.prompt_tokens)[0][None]
-    rows = compare_speed(ann, snn, ids, new_tokens=args.new_tokens, repeats=args.repeats)
-    report = {"model": args.model, "timesteps": args.timesteps, "coding": args.coding,
+    rows = compare_speed(ann, snn, ids, new_tokens=args.new_tokens, repeats=args.repeats, rounds=args.rounds)
+    report = {"model": args.model, "timesteps": args.timesteps, "coding": args.coding, "rounds": args.rounds,
+              "kernels": stac.kernels.available(),
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "threads": args.threads,
               "load_s": t1 - t0, "convert_s": t2 - t1, "peak_rss_mb_after_ann": rss_ann,
               "peak_rss_mb_after_snn": rss_both, "rss_ratio": rss_both / rss_ann, "speed": rows}
@@ -64,15 +66,19 @@ def render(r: dict, command: str) -> str:
         f"Date: {datetime.date.today().isoformat()}, {platform.machine()}, torch {torch.__version__}, "
         f"{r['threads']} threads; model `{r['model']}`, coding `{r['coding']}`, T={r['timesteps']}.",
         "",
-        "| engine | prefill of %d tokens (s) | vs ANN (time) | decode tokens/s (%d new) | vs ANN (speed) |"
+        f"Compiled neuron kernels (stac.kernels): {'in use' if r['kernels'] else 'unavailable, TorchScript path'}. "
+        f"Decode: {r['rounds']} interleaved rounds (ANN, then each engine), median of the per-round ratios.",
+        "",
+        "| engine | prefill of %d tokens (s) | vs ANN (time) | decode tokens/s (%d new, median) | vs ANN (speed) | per round |"
         % (r["prompt_tokens"], r["new_tokens"]),
-        "|---|---|---|---|---|",
-        f"| ANN | {s['ann']['prefill_s']:.3f} | 1.00x | {s['ann']['decode_tok_s']:.1f} | 1.00x |",
+        "|---|---|---|---|---|---|",
+        f"| ANN | {s['ann']['prefill_s']:.3f} | 1.00x | {s['ann']['decode_tok_s']:.1f} | 1.00x | |",
     ]
     for name in ("closed_form", "time_stepped"):
         if name in s:
+            rounds = ", ".join(f"{x:.2f}" for x in s[name]["decode_ratio_rounds"])
             lines.append(f"| SNN {name} | {s[name]['prefill_s']:.3f} | {s[name]['prefill_ratio']:.2f}x | "
-                         f"{s[name]['decode_tok_s']:.1f} | {s[name]['decode_ratio']:.2f}x |")
+                         f"{s[name]['decode_tok_s']:.1f} | {s[name]['decode_ratio']:.2f}x | {rounds} |")
     lines += [
         "",
         f"Conversion with calibration: {r['convert_s']:.1f} s (loading the GGUF: {r['load_s']:.1f} s).  ",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import statistics
 import time
 
 import torch
@@ -54,15 +55,28 @@ def peak_rss_mb() -> float:
 
 
 def compare_speed(ann, snn, prompt_ids: torch.Tensor, new_tokens: int = 128,
-                  engines=("closed_form", "time_stepped"), repeats: int = 3) -> dict:
-    """Prefill seconds and decode tokens/s of the ANN and each SNN engine, and their ratios to the ANN."""
-    rows = {"ann": {"prefill_s": prefill_seconds(ann, prompt_ids, repeats),
-                    "decode_tok_s": decode_tokens_per_second(ann, prompt_ids, new_tokens)}}
+                  engines=("closed_form", "time_stepped"), repeats: int = 3, rounds: int = 3) -> dict:
+    """Prefill seconds and decode tokens/s of the ANN and each SNN engine, and their ratios to the ANN.
+
+    Decode runs in ``rounds`` rounds, each timing the ANN and then every engine back to back; a ratio is
+    taken within each round and the median over rounds is reported. On a shared machine whose speed
+    drifts by +-10% over minutes, ratios within a round are steadier than ratios of separate runs.
+    """
+    rows = {"ann": {"prefill_s": prefill_seconds(ann, prompt_ids, repeats)}}
     for name in engines:
         with engine(snn, name):
-            rows[name] = {"prefill_s": prefill_seconds(snn, prompt_ids, repeats),
-                          "decode_tok_s": decode_tokens_per_second(snn, prompt_ids, new_tokens)}
+            rows[name] = {"prefill_s": prefill_seconds(snn, prompt_ids, repeats)}
+    speeds: dict[str, list[float]] = {name: [] for name in ("ann", *engines)}
+    for _ in range(rounds):
+        speeds["ann"].append(decode_tokens_per_second(ann, prompt_ids, new_tokens))
+        for name in engines:
+            with engine(snn, name):
+                speeds[name].append(decode_tokens_per_second(snn, prompt_ids, new_tokens))
+    rows["ann"]["decode_tok_s"] = statistics.median(speeds["ann"])
     for name in engines:
+        rows[name]["decode_tok_s"] = statistics.median(speeds[name])
         rows[name]["prefill_ratio"] = rows[name]["prefill_s"] / rows["ann"]["prefill_s"]  # >1: slower
-        rows[name]["decode_ratio"] = rows[name]["decode_tok_s"] / rows["ann"]["decode_tok_s"]  # <1: slower
+        per_round = [s / a for s, a in zip(speeds[name], speeds["ann"])]
+        rows[name]["decode_ratio"] = statistics.median(per_round)  # <1: slower
+        rows[name]["decode_ratio_rounds"] = per_round
     return rows

@@ -38,7 +38,9 @@ def test_unknown_keys_in_a_saved_spiking_config_are_refused():
 def test_stac_config_lists_what_stays_in_float():
     cfg = StacConfig(text_config={"model_type": "llama"})
     ops = " ".join(cfg.spiking["float_operations"])
-    assert "softmax" in ops and "lm_head" in ops
+    assert "softmax" in ops and "lm_head" not in ops  # the lm_head's input spikes by default
+    float_head = StacConfig(text_config={"model_type": "llama"}, spiking=SpikingConfig(spiking_head=False).to_dict())
+    assert "lm_head" in float_head.spiking["float_operations"]
 
 
 def test_a_config_from_a_newer_format_is_refused():

@@ -41,7 +41,7 @@ def test_engines_agree_layer_by_layer_on_real_activations(smollm2):
     _, tok, snn = smollm2
     ids = tok("The quick brown fox jumps over the lazy dog while the economy grows.", return_tensors="pt").input_ids
     inputs = capture_encoder_inputs(snn, ids)
-    assert len(inputs) == len(snn.encoders) == 120
+    assert len(inputs) == len(snn.encoders) == 121  # 30 blocks x 4, and the lm_head's
     consumers = {id(m.encoder): m for m in snn.modules() if isinstance(m, SpikingLinear)}
     try:
         for name, enc in snn.encoders.items():
@@ -83,7 +83,7 @@ def test_every_encoder_spikes_and_the_spikes_drive_the_output(smollm2):
     finally:
         for h in hooks:
             h.remove()
-    assert len(counts) == 120 and all(c > 0 for c in counts.values()), counts
+    assert len(counts) == 121 and all(c > 0 for c in counts.values()), counts
 
     def silence(module, args, code):
         return SpikeCode(code.coding, code.unit, code.step_weights, levels=torch.zeros_like(code.integer_levels()))
