@@ -55,7 +55,7 @@ class StacConfig(PreTrainedConfig):
         except StrictDataclassError as err:
             raise StacFormatError(f"invalid base model config in text_config: {err}") from err
         architecture_for(self.text_config.model_type)
-        self.spiking = SpikingConfig.from_dict(self.spiking or {}).to_dict()
+        self.spiking = (SpikingConfig() if self.spiking is None else SpikingConfig.from_dict(self.spiking)).to_dict()
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         for key in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(self, key, None) is None and getattr(self.text_config, key, None) is not None:
