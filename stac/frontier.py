@@ -252,7 +252,9 @@ def run_sweep(ann, tokenizer, configs: dict[str, SpikingConfig], calibration: li
     corpus = read_text(text) if "\n" not in text and len(text) < 4096 else text
     energy_ids = tokenizer(corpus, return_tensors="pt", add_special_tokens=False)["input_ids"][0, : context + 1]
     ann_step = measure_decode_step(ann, energy_ids, context, energy_model)
-    previous = {(r["name"], json.dumps(r["spiking"], sort_keys=True)): r for r in done}
+    # Rows logged by older versions lack newer config keys; SpikingConfig.from_dict fills them as they were.
+    previous = {(r["name"], json.dumps(SpikingConfig.from_dict(r["spiking"]).to_dict(), sort_keys=True)): r
+                for r in done}
     stats = None
     rows = []
     for name, config in configs.items():
