@@ -20,6 +20,7 @@ import torch
 from spikingjelly.activation_based.neuron import SimpleBaseNode
 
 from .kernels import applies as _kernel_applies, bitplane_levels as _kernel_bitplane_levels
+from .kernels import bitplane_spike_count as _kernel_bitplane_spike_count
 from .neurons import BitPlaneNode, SignedIFNode, bitplane_spike_count, step_weights_bitplane
 
 # Rate-coded input currents are rounded to multiples of 2^-12 of the threshold: sums of T such currents
@@ -181,6 +182,12 @@ class BitPlaneCoding(Coding):
         return super().closed_form_scaled(x, threshold, unit)
 
     def spike_count(self, levels):
+        if _kernel_applies(levels):
+            if not hasattr(self, "_count_tables"):  # int64 step weights and thresholds ceil(c * w)
+                w = step_weights_bitplane(self.timesteps)
+                self._count_tables = (torch.tensor(w, dtype=torch.int64),
+                                      torch.tensor([math.ceil(self.sparsity * x) for x in w], dtype=torch.int64))
+            return _kernel_bitplane_spike_count(levels, *self._count_tables)
         return bitplane_spike_count(levels, self.timesteps, self.sparsity)
 
     @property

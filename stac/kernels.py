@@ -45,6 +45,23 @@ void stac_bitplane_levels(const float *x, const float *unit, int64_t n, int64_t 
     }
 }
 
+/* neurons.bitplane_spike_count: spikes a BitPlaneNode emits for each integer level (exact integer
+   arithmetic). k[t] = ceil(c * w[t]): fire +1 if r >= k, -1 if r <= -k; r -= s * w. */
+void stac_bitplane_spike_count(const float *levels, int64_t n, int64_t steps, const int64_t *w,
+                               const int64_t *k, int64_t *count) {
+    for (int64_t i = 0; i < n; ++i) {
+        float lv = levels[i];
+        int64_t r = lv == lv ? (int64_t)lv : INT64_MIN;  /* NaN: what torch's .to(int64) gives on x86 */
+        int64_t c = 0;
+        for (int64_t t = 0; t < steps; ++t) {
+            int64_t s = (r >= k[t]) - (r <= -k[t]);
+            r -= s * w[t];
+            c += s < 0 ? -s : s;
+        }
+        count[i] = c;
+    }
+}
+
 /* BitPlaneNode.run_pulse: the spike train [T, n] and final membrane [n] for input u [n] injected at t=0.
    Per step: S = (V >= th) - (V < -th); V = V - S * w. */
 void stac_bitplane_run(const float *u, int64_t n, int64_t steps, const float *w, const float *th,
@@ -93,6 +110,8 @@ def _build() -> ctypes.CDLL:
     lib.stac_bitplane_levels.restype = None
     lib.stac_bitplane_run.argtypes = [fp, i64, i64, fp, fp, fp, fp]
     lib.stac_bitplane_run.restype = None
+    lib.stac_bitplane_spike_count.argtypes = [fp, i64, i64, fp, fp, fp]
+    lib.stac_bitplane_spike_count.restype = None
     return lib
 
 
@@ -160,3 +179,13 @@ def bitplane_run(u: torch.Tensor, weights: torch.Tensor, thresholds: torch.Tenso
     _loaded().stac_bitplane_run(u.data_ptr(), u.numel(), steps, weights.data_ptr(), thresholds.data_ptr(),
                            train.data_ptr(), v.data_ptr())
     return train, v
+
+
+def bitplane_spike_count(levels: torch.Tensor, weights: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Spikes per neuron (int64, shape of ``levels``) for float32 integer ``levels``; ``weights`` and ``k``
+    are the int64 [T] step weights and integer firing thresholds ceil(c * w)."""
+    levels = levels.contiguous()
+    count = torch.empty(levels.shape, dtype=torch.int64)
+    _loaded().stac_bitplane_spike_count(levels.data_ptr(), levels.numel(), weights.numel(), weights.data_ptr(),
+                                        k.data_ptr(), count.data_ptr())
+    return count

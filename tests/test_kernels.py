@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from stac import kernels
 from stac.coding import _bitplane_levels, make_coding
-from stac.neurons import BitPlaneNode, _bitplane_multistep
+from stac.neurons import BitPlaneNode, _bitplane_multistep, bitplane_spike_count
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"no kernels: {kernels.unavailable_reason()}")
 
@@ -107,3 +107,15 @@ def test_without_kernels_the_encoder_gives_the_same_model_output(tmp_path):
     assert bool(results["1"]["kernels"]) and not bool(results["0"]["kernels"])
     for engine in ("closed_form", "time_stepped"):
         assert torch.equal(results["1"][engine], results["0"][engine])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 14), st.sampled_from(["bitplane", "signed_digit"]), st.data())
+def test_spike_count_kernel_equals_the_integer_count(timesteps, name, data):
+    coding = make_coding(name, timesteps)
+    m = coding.max_level
+    values = data.draw(st.lists(st.integers(-m, m), min_size=1, max_size=64))
+    levels = torch.tensor(values + [m, -m, 0], dtype=torch.float32).view(-1, 1)
+    counts = coding.spike_count(levels)  # the kernel path: float32 on the CPU
+    assert counts.dtype == torch.int64 and counts.shape == levels.shape
+    assert torch.equal(counts, bitplane_spike_count(levels, timesteps, coding.sparsity))
