@@ -185,8 +185,9 @@ class BitPlaneCoding(Coding):
         if _kernel_applies(levels):
             if not hasattr(self, "_count_tables"):  # int64 step weights and thresholds ceil(c * w)
                 w = step_weights_bitplane(self.timesteps)
-                self._count_tables = (torch.tensor(w, dtype=torch.int64),
-                                      torch.tensor([math.ceil(self.sparsity * x) for x in w], dtype=torch.int64))
+                self._count_tables = (torch.tensor(w, dtype=torch.int64, device="cpu"),
+                                      torch.tensor([math.ceil(self.sparsity * x) for x in w], dtype=torch.int64,
+                                                   device="cpu"))
             return _kernel_bitplane_spike_count(levels, *self._count_tables)
         return bitplane_spike_count(levels, self.timesteps, self.sparsity)
 

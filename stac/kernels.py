@@ -127,6 +127,13 @@ def _library() -> ctypes.CDLL | None:
     return _lib
 
 
+def _check_cpu(*tensors: torch.Tensor) -> None:
+    # A raw pointer into a meta or GPU tensor would crash the process, not raise.
+    for t in tensors:
+        if t.device.type != "cpu":
+            raise ValueError(f"stac.kernels needs CPU tensors, got one on {t.device}")
+
+
 def _loaded() -> ctypes.CDLL:
     lib = _library()
     if lib is None:
@@ -160,6 +167,7 @@ def bitplane_levels(x: torch.Tensor, unit: torch.Tensor, max_level: float) -> tu
     """(levels, levels * unit) for ``x`` [..., d] and ``unit`` [d]; the values of ``coding._bitplane_levels``."""
     x = x.contiguous()
     unit = unit.to(torch.float32).contiguous()
+    _check_cpu(x, unit)
     levels = torch.empty_like(x)
     scaled = torch.empty_like(x)
     _loaded().stac_bitplane_levels(x.data_ptr(), unit.data_ptr(), x.numel(), unit.numel(), max_level,
@@ -173,6 +181,7 @@ def bitplane_run(u: torch.Tensor, weights: torch.Tensor, thresholds: torch.Tenso
     ``weights`` and ``thresholds`` are the node's float32 [T] step weights and thresholds.
     """
     u = u.contiguous()
+    _check_cpu(u, weights, thresholds)
     steps = weights.numel()
     train = torch.empty((steps, *u.shape), dtype=torch.float32)
     v = torch.empty_like(u)
@@ -185,6 +194,7 @@ def bitplane_spike_count(levels: torch.Tensor, weights: torch.Tensor, k: torch.T
     """Spikes per neuron (int64, shape of ``levels``) for float32 integer ``levels``; ``weights`` and ``k``
     are the int64 [T] step weights and integer firing thresholds ceil(c * w)."""
     levels = levels.contiguous()
+    _check_cpu(levels, weights, k)
     count = torch.empty(levels.shape, dtype=torch.int64)
     _loaded().stac_bitplane_spike_count(levels.data_ptr(), levels.numel(), weights.numel(), weights.data_ptr(),
                                         k.data_ptr(), count.data_ptr())

@@ -76,7 +76,6 @@ class SpikeEncoder(nn.Module):
         self.node = self.coding.make_node()
         self.engine = engine
         self.register_buffer("threshold", torch.ones(channels))
-        self.register_buffer("_step_weights", self.coding.step_weights(), persistent=False)
         self._memo: tuple[torch.Tensor, int, str, SpikeCode] | None = None
         self._unit_cache: tuple[int, int, torch.Tensor] | None = None
 
@@ -91,6 +90,15 @@ class SpikeEncoder(nn.Module):
             # __dict__ directly: nn.Module.__setattr__ costs more than a decode step's closed form
             self.__dict__["_unit_cache"] = cached = (*key, self.coding.unit(threshold.float()))
         return cached[2]
+
+    def _step_weights(self, device: torch.device) -> torch.Tensor:
+        """``coding.step_weights()`` on ``device``, made at run time. Not a buffer: from_pretrained builds
+        modules on the meta device and leaves non-persistent buffers as uninitialised memory."""
+        cached = self.__dict__.get("_step_weights_cache")
+        if cached is None or cached.device != device:
+            cached = self.coding.step_weights().to(device)
+            self.__dict__["_step_weights_cache"] = cached
+        return cached
 
     @property
     def engine(self) -> str:
@@ -119,7 +127,7 @@ class SpikeEncoder(nn.Module):
             return memo[3]
         threshold = self._buffers["threshold"].float()
         unit = self._unit()
-        step_weights = self._buffers["_step_weights"]
+        step_weights = self._step_weights(x.device)
         if self._engine == "time_stepped":
             node = self._modules["node"]
             node.reset()

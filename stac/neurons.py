@@ -121,10 +121,19 @@ class BitPlaneNode(SimpleBaseNode):
         self.step_weights = step_weights_bitplane(timesteps)
         self.thresholds = [math.ceil(sparsity * w) - 0.5 for w in self.step_weights]
         self._float_weights = [float(w) for w in self.step_weights]
-        # float32 copies for the compiled loop (exact: powers of two and half-integers)
-        self._weights_f32 = torch.tensor(self._float_weights, dtype=torch.float32)
-        self._thresholds_f32 = torch.tensor(self.thresholds, dtype=torch.float32)
+        self._kernel_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self.register_memory("t", 0)
+
+    def kernel_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 CPU step weights and thresholds for the compiled loop (exact: powers of two and
+        half-integers). Made on first use, not in ``__init__``: transformers' ``from_pretrained`` builds
+        modules on the meta device, where a plain tensor attribute would never get real memory."""
+        tables = self._kernel_tables
+        if tables is None:
+            tables = (torch.tensor(self._float_weights, dtype=torch.float32, device="cpu"),
+                      torch.tensor(self.thresholds, dtype=torch.float32, device="cpu"))
+            self._kernel_tables = tables
+        return tables
 
     def neuronal_charge(self, x: torch.Tensor) -> None:
         self.v = self.v + x
@@ -149,7 +158,7 @@ class BitPlaneNode(SimpleBaseNode):
         applies, else TorchScript; both bit-identical. Leaves the node at t = T.
         """
         if _kernel_applies(u):
-            train, self.v = _kernel_bitplane_run(u, self._weights_f32, self._thresholds_f32)
+            train, self.v = _kernel_bitplane_run(u, *self.kernel_tables())
         else:
             train, self.v = _bitplane_multistep(u, self._float_weights, self.thresholds)
         self.t = self.timesteps

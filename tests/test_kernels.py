@@ -55,7 +55,7 @@ def test_neuron_kernel_equals_the_torchscript_loop_spike_for_spike(timesteps, sp
     node = BitPlaneNode(timesteps, sparsity)
     m = float(2**timesteps - 1)
     u = torch.tensor(values, dtype=torch.float32).clamp(-m, m)
-    train, v = kernels.bitplane_run(u, node._weights_f32, node._thresholds_f32)
+    train, v = kernels.bitplane_run(u, *node.kernel_tables())
     ref_train, ref_v = _bitplane_multistep(u, node._float_weights, node.thresholds)
     assert torch.equal(train, ref_train)
     assert torch.equal(v, ref_v)
@@ -119,3 +119,29 @@ def test_spike_count_kernel_equals_the_integer_count(timesteps, name, data):
     counts = coding.spike_count(levels)  # the kernel path: float32 on the CPU
     assert counts.dtype == torch.int64 and counts.shape == levels.shape
     assert torch.equal(counts, bitplane_spike_count(levels, timesteps, coding.sparsity))
+
+
+def test_a_model_loaded_with_from_pretrained_runs_the_kernels(tmp_path):
+    """from_pretrained builds modules on the meta device: the kernels' tables must still be real CPU memory
+    (a plain tensor made in __init__ stayed on meta and crashed the process)."""
+    from transformers import AutoModelForCausalLM
+
+    import stac
+    from tests.conftest import tiny_ann, tiny_calibration
+
+    snn = stac.convert(tiny_ann("llama"), stac.SpikingConfig(timesteps=8), calibration=tiny_calibration())
+    snn.save_pretrained(tmp_path / "snn")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "snn")
+    ids = tiny_calibration(seed=5, n=1, length=10)[0][None]
+    with torch.no_grad():
+        for model in (snn, loaded):
+            model.set_engine("time_stepped")
+        assert torch.equal(loaded(input_ids=ids).logits, snn(input_ids=ids).logits)
+    tables = [enc.node.kernel_tables() for enc in loaded.encoders.values()]
+    assert all(t.device.type == "cpu" for pair in tables for t in pair)
+
+
+def test_kernels_refuse_tensors_not_in_cpu_memory():
+    meta = torch.empty(4, device="meta")
+    with pytest.raises(ValueError, match="CPU"):
+        kernels.bitplane_run(torch.zeros(4), meta, meta)
