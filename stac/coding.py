@@ -13,6 +13,7 @@ running the T loop. Codings are looked up by name in ``CODINGS``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -147,8 +148,11 @@ class BitPlaneCoding(Coding):
         return threshold / self.max_level
 
     def normalise(self, x, threshold):
+        return self._normalise(x, self.unit(threshold))
+
+    def _normalise(self, x, unit):
         m = float(self.max_level)
-        return (x.float() / self.unit(threshold)).clamp(-m, m)
+        return (x.float() / unit).clamp(-m, m)
 
     def input_sequence(self, u):
         seq = torch.zeros(self.timesteps, *u.shape, dtype=u.dtype, device=u.device)
@@ -173,21 +177,22 @@ class BitPlaneCoding(Coding):
         return _bitplane_levels(x, unit, float(self.max_level))
 
     def run(self, node, x, threshold, unit):
-        m = float(self.max_level)
-        return self.simulate(node, (x.float() / unit).clamp(-m, m))  # normalise() with the cached unit
+        return self.simulate(node, self._normalise(x, unit))  # the cached unit, not unit(threshold) again
 
     def closed_form_scaled(self, x, threshold, unit):
         if _kernel_applies(x):
             return _kernel_bitplane_levels(x, unit, float(self.max_level))
         return super().closed_form_scaled(x, threshold, unit)
 
+    @functools.cached_property
+    def _count_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """int64 step weights and integer firing thresholds ceil(c * w), for the compiled spike count."""
+        w = step_weights_bitplane(self.timesteps)
+        k = [math.ceil(self.sparsity * x) for x in w]
+        return torch.tensor(w, dtype=torch.int64, device="cpu"), torch.tensor(k, dtype=torch.int64, device="cpu")
+
     def spike_count(self, levels):
         if _kernel_applies(levels):
-            if not hasattr(self, "_count_tables"):  # int64 step weights and thresholds ceil(c * w)
-                w = step_weights_bitplane(self.timesteps)
-                self._count_tables = (torch.tensor(w, dtype=torch.int64, device="cpu"),
-                                      torch.tensor([math.ceil(self.sparsity * x) for x in w], dtype=torch.int64,
-                                                   device="cpu"))
             return _kernel_bitplane_spike_count(levels, *self._count_tables)
         return bitplane_spike_count(levels, self.timesteps, self.sparsity)
 
