@@ -30,6 +30,7 @@ import torch
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* BitPlaneCoding.closed_form: levels = round-half-up(clamp(x / unit, -m, m)); scaled = levels * unit. */
 void stac_bitplane_levels(const float *x, const float *unit, int64_t n, int64_t d, float m,
@@ -77,9 +78,97 @@ void stac_bitplane_run(const float *u, int64_t n, int64_t steps, const float *w,
         v_out[i] = v;
     }
 }
+
+/* Event-driven synapses of the time-stepped engine. Every spike s = train[t, j, i] != 0 is one event that
+   adds its synapses' weights, wt[i, :] (the weight matrix as [in, out]), times s * unit[i] * step_w[t],
+   to the output of token j: y[j, :] = sum over events. That is sum_t w_t * W (s_t * unit), the dense
+   time-stepped product, computed with one multiply-add per spike and synapse (the synaptic operations the
+   energy meter counts) instead of one per input and synapse at every step. Outputs are processed in
+   tiles of 64, each tile's weights read once for all tokens; tiles run in parallel (OpenMP). */
+#define STAC_TILE 64
+typedef struct { int32_t i; float c; } stac_event;
+
+static void stac_tile_plain(const stac_event *ev, int64_t ne, const float *wt, int64_t out, int64_t o0,
+                            int64_t len, float *y) {
+    float acc[STAC_TILE];
+    for (int64_t k = 0; k < len; ++k) acc[k] = 0.0f;
+    for (int64_t e = 0; e < ne; ++e) {
+        const float *row = wt + (int64_t)ev[e].i * out + o0;
+        float c = ev[e].c;
+        for (int64_t k = 0; k < len; ++k) acc[k] += c * row[k];
+    }
+    for (int64_t k = 0; k < len; ++k) y[k] = acc[k];
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define STAC_AVX2 1
+__attribute__((target("avx2,fma")))
+static void stac_tile_avx2(const stac_event *ev, int64_t ne, const float *wt, int64_t out, int64_t o0, float *y) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int64_t e = 0; e < ne; ++e) {
+        const float *r = wt + (int64_t)ev[e].i * out + o0;
+        __m256 c = _mm256_set1_ps(ev[e].c);
+        a0 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r), a0);
+        a1 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r + 8), a1);
+        a2 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r + 16), a2);
+        a3 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r + 24), a3);
+        a4 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r + 32), a4);
+        a5 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r + 40), a5);
+        a6 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r + 48), a6);
+        a7 = _mm256_fmadd_ps(c, _mm256_loadu_ps(r + 56), a7);
+    }
+    _mm256_storeu_ps(y, a0); _mm256_storeu_ps(y + 8, a1); _mm256_storeu_ps(y + 16, a2);
+    _mm256_storeu_ps(y + 24, a3); _mm256_storeu_ps(y + 32, a4); _mm256_storeu_ps(y + 40, a5);
+    _mm256_storeu_ps(y + 48, a6); _mm256_storeu_ps(y + 56, a7);
+}
+#endif
+
+/* Events of token j in time order, then their count (or -1 when out of memory). */
+int64_t stac_spike_synapse(const float *train, int64_t steps, int64_t n, int64_t in, const float *unit,
+                           const float *step_w, const float *wt, int64_t out, float *y) {
+    stac_event *ev = (stac_event *)malloc(sizeof(stac_event) * (size_t)(steps * in * n + 1));
+    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
+    if (ev == NULL || count == NULL) { free(ev); free(count); return -1; }
+    int64_t total = 0;
+    for (int64_t j = 0; j < n; ++j) {
+        stac_event *e = ev + j * steps * in;
+        int64_t c = 0;
+        for (int64_t t = 0; t < steps; ++t) {
+            const float *s = train + (t * n + j) * in;
+            for (int64_t i = 0; i < in; ++i)
+                if (s[i] != 0.0f) { e[c].i = (int32_t)i; e[c].c = (s[i] * unit[i]) * step_w[t]; ++c; }
+        }
+        count[j] = c;
+        total += c;
+    }
+    int avx2 = 0;
+#ifdef STAC_AVX2
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    int64_t tiles = (out + STAC_TILE - 1) / STAC_TILE;
+    #pragma omp parallel for schedule(static)
+    for (int64_t tl = 0; tl < tiles; ++tl) {
+        int64_t o0 = tl * STAC_TILE, len = out - o0 < STAC_TILE ? out - o0 : STAC_TILE;
+        for (int64_t j = 0; j < n; ++j) {
+#ifdef STAC_AVX2
+            if (avx2 && len == STAC_TILE) {
+                stac_tile_avx2(ev + j * steps * in, count[j], wt, out, o0, y + j * out + o0);
+                continue;
+            }
+#endif
+            stac_tile_plain(ev + j * steps * in, count[j], wt, out, o0, len, y + j * out + o0);
+        }
+    }
+    (void)avx2;
+    free(ev);
+    free(count);
+    return total;
+}
 """
 
 _FLAGS = ["-O2", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math"]
+_OPENMP = ["-fopenmp"]
 _lib: ctypes.CDLL | None = None
 _tried = False
 _error: str | None = None
@@ -89,21 +178,38 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("STAC_CACHE", Path.home() / ".cache" / "stac"))
 
 
+def _compile(compiler: str, flags: list[str], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "kernels.c"
+        src.write_text(_SOURCE)
+        built = Path(tmp) / "kernels.so"
+        subprocess.run([compiler, *flags, str(src), "-o", str(built), "-lm"], check=True,
+                       capture_output=True, timeout=120)
+        os.replace(built, target)  # atomic: concurrent first uses never load a half-written file
+
+
 def _build() -> ctypes.CDLL:
-    key = hashlib.sha256((_SOURCE + " ".join(_FLAGS)).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"kernels-{key}.so"
-    if not target.exists():
+    # With OpenMP where the compiler has it (the synapse tiles then use torch's own OpenMP threads: the
+    # runtime torch loaded is the one this library links), and without it otherwise (one thread).
+    target = None
+    for flags in (_FLAGS + _OPENMP, _FLAGS):
+        key = hashlib.sha256((_SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
+        candidate = _cache_dir() / f"kernels-{key}.so"
+        if candidate.exists():
+            target = candidate
+            break
         compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         if compiler is None:
             raise RuntimeError("no C compiler found (set CC)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            src = Path(tmp) / "kernels.c"
-            src.write_text(_SOURCE)
-            built = Path(tmp) / "kernels.so"
-            subprocess.run([compiler, *_FLAGS, str(src), "-o", str(built), "-lm"], check=True,
-                           capture_output=True, timeout=120)
-            os.replace(built, target)  # atomic: concurrent first uses never load a half-written file
+        try:
+            _compile(compiler, flags, candidate)
+        except subprocess.CalledProcessError:
+            if flags is _FLAGS:
+                raise
+            continue
+        target = candidate
+        break
     lib = ctypes.CDLL(str(target))
     f, i64, fp = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
     lib.stac_bitplane_levels.argtypes = [fp, fp, i64, i64, f, fp, fp]
@@ -112,6 +218,8 @@ def _build() -> ctypes.CDLL:
     lib.stac_bitplane_run.restype = None
     lib.stac_bitplane_spike_count.argtypes = [fp, i64, i64, fp, fp, fp]
     lib.stac_bitplane_spike_count.restype = None
+    lib.stac_spike_synapse.argtypes = [fp, i64, i64, i64, fp, fp, fp, i64, fp]
+    lib.stac_spike_synapse.restype = i64
     return lib
 
 
@@ -199,3 +307,28 @@ def bitplane_spike_count(levels: torch.Tensor, weights: torch.Tensor, k: torch.T
     _loaded().stac_bitplane_spike_count(levels.data_ptr(), levels.numel(), weights.numel(), weights.data_ptr(),
                                         k.data_ptr(), count.data_ptr())
     return count
+
+
+def spike_synapse(train: torch.Tensor, unit: torch.Tensor, step_weights: torch.Tensor,
+                  weight_t: torch.Tensor) -> torch.Tensor:
+    """sum_t step_weights[t] * (train[t] * unit) @ weight_t, event by event (see the C source).
+
+    ``train`` [T, ..., in] spikes (float32, mostly zeros), ``unit`` [in], ``step_weights`` [T] and
+    ``weight_t`` [in, out], the synapses' weights with inputs as rows. Returns [..., out], no bias.
+    """
+    train = train.contiguous()
+    unit = unit.to(torch.float32).contiguous()
+    step_weights = step_weights.to(torch.float32).contiguous()
+    weight_t = weight_t.contiguous()
+    _check_cpu(train, unit, step_weights, weight_t)
+    steps, inputs, outputs = train.shape[0], train.shape[-1], weight_t.shape[1]
+    if weight_t.dtype is not torch.float32 or weight_t.shape[0] != inputs or unit.numel() != inputs:
+        raise ValueError(f"spike_synapse: train [..., {inputs}], unit {tuple(unit.shape)} and float32 "
+                         f"weights [{inputs}, out] expected, got {weight_t.dtype} {tuple(weight_t.shape)}")
+    tokens = train[0].numel() // max(inputs, 1)
+    y = torch.empty((*train.shape[1:-1], outputs), dtype=torch.float32)
+    events = _loaded().stac_spike_synapse(train.data_ptr(), steps, tokens, inputs, unit.data_ptr(),
+                                          step_weights.data_ptr(), weight_t.data_ptr(), outputs, y.data_ptr())
+    if events < 0:
+        raise MemoryError(f"spike_synapse: no memory for the events of {tokens} tokens x {steps} steps")
+    return y

@@ -18,6 +18,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .coding import Coding, make_coding
 from .config import ENGINES
+from .kernels import applies as _kernel_applies, spike_synapse as _kernel_spike_synapse
 
 
 @dataclass
@@ -190,6 +191,12 @@ class SpikingLinear(nn.Module):
         dtype = _parameter_dtype(base)
         if code.train is None:
             return base(code.scaled(dtype))
+        if self._event_driven(base, code.train):
+            # One multiply-add per spike and synapse (stac.kernels.spike_synapse): the dense product below,
+            # summed in another order.
+            out = _kernel_spike_synapse(code.train, code.unit, code.step_weights, self._synapse_rows(base))
+            bias = base.bias
+            return out if bias is None else out + bias
         # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses; the bias is added
         # once, not once per step.
         per_step = base(code.scaled(dtype))
@@ -200,6 +207,36 @@ class SpikingLinear(nn.Module):
         # sum_t w_t * per_step[t], as one [T] x [T, rest] product
         out = (code.step_weights.to(per_step.dtype) @ per_step.reshape(steps, -1)).view(per_step.shape[1:])
         return out if bias is None else out + bias
+
+    @staticmethod
+    def _event_driven(base: nn.Module, train: torch.Tensor) -> bool:
+        """Whether the time-stepped synapses can run as events in the compiled kernel: float32 CPU weights
+        without autograd, and nothing hooked into base_layer's call (the kernel reads its weight)."""
+        weight = base.weight
+        return (
+            _kernel_applies(train)
+            and weight.dtype is torch.float32
+            and weight.device.type == "cpu"
+            and not (weight.requires_grad and torch.is_grad_enabled())
+            and not base._forward_hooks
+            and not base._forward_pre_hooks
+            and "forward" not in base.__dict__  # accelerate-style hooks replace the bound forward
+        )
+
+    def _synapse_rows(self, base: nn.Module) -> torch.Tensor:
+        """The weights as [in, out] (one row per input neuron), kept while the weights are unchanged: a
+        copy for nn.Linear (dropped by ``release``), GPT-2's Conv1D weight itself."""
+        weight = base.weight
+        key = (weight.data_ptr(), weight._version)
+        cached = self.__dict__.get("_rows")
+        if cached is None or cached[0] != key:
+            rows = SYNAPSES[type(base)](base).detach().t().contiguous()
+            self.__dict__["_rows"] = cached = (key, rows)
+        return cached[1]
+
+    def release(self) -> None:
+        """Drop the [in, out] copy of the weights the event-driven synapses keep."""
+        self.__dict__.pop("_rows", None)
 
     def extra_repr(self) -> str:
         return f"synapse={type(self.base_layer).__name__}"

@@ -19,7 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .architectures import encoders_of, spikify
 from .configuration_stac import StacConfig, StacFormatError
-from .layers import SpikeEncoder
+from .layers import SpikeEncoder, SpikingLinear
 
 
 class StacCheckpointError(StacFormatError):
@@ -72,6 +72,10 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
         """Switch every encoder to ``"closed_form"`` or ``"time_stepped"`` (same outputs, same spikes)."""
         for encoder in self.encoders.values():
             encoder.engine = engine
+        if engine != "time_stepped":
+            for module in self.modules():
+                if isinstance(module, SpikingLinear):
+                    module.release()
         self.config.spiking = {**self.config.spiking, "engine": engine}
         return self
 

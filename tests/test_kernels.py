@@ -81,7 +81,8 @@ def test_kernels_are_skipped_where_they_cannot_apply():
 
 
 def test_without_kernels_the_encoder_gives_the_same_model_output(tmp_path):
-    """STAC_KERNELS=0 (as on a machine with no C compiler) runs the TorchScript path: same logits, same spikes."""
+    """STAC_KERNELS=0 (as on a machine with no C compiler) runs the TorchScript path: the same logits (bit for bit
+    in the closed form), the same spikes."""
     script = (
         "import torch, stac, sys\n"
         "from transformers import LlamaConfig, LlamaForCausalLM\n"
@@ -105,8 +106,34 @@ def test_without_kernels_the_encoder_gives_the_same_model_output(tmp_path):
         subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=300)
         results[flag] = torch.load(path)
     assert bool(results["1"]["kernels"]) and not bool(results["0"]["kernels"])
-    for engine in ("closed_form", "time_stepped"):
-        assert torch.equal(results["1"][engine], results["0"][engine])
+    assert torch.equal(results["1"]["closed_form"], results["0"]["closed_form"])
+    # The time-stepped synapses sum event by event with the kernels, per step without: same sum, other order.
+    torch.testing.assert_close(results["1"]["time_stepped"], results["0"]["time_stepped"], rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.lists(st.integers(1, 3), min_size=1, max_size=2), st.integers(1, 40),
+       st.integers(1, 150), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
+def test_spike_synapse_equals_the_dense_per_step_product(steps, token_shape, inputs, outputs, density, seed):
+    """Event by event (tails of output tiles, no spikes at all, every neuron firing) = sum_t w_t (s_t * unit) W^T."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (steps, *token_shape, inputs)
+    r = torch.rand(shape, generator=g)
+    train = torch.where(r < density / 2, 1.0, torch.where(r < density, -1.0, 0.0))
+    unit = torch.rand(inputs, generator=g) + 0.01
+    step_weights = torch.rand(steps, generator=g)
+    weight = torch.randn(outputs, inputs, generator=g)
+    expected = torch.tensordot(step_weights, torch.nn.functional.linear(train * unit, weight), dims=1)
+    got = kernels.spike_synapse(train, unit, step_weights, weight.t().contiguous())
+    assert got.shape == (*token_shape, outputs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_spike_synapse_rejects_mismatched_weights():
+    with pytest.raises(ValueError, match="weights"):
+        kernels.spike_synapse(torch.zeros(2, 1, 4), torch.ones(4), torch.ones(2), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="CPU"):
+        kernels.spike_synapse(torch.zeros(2, 1, 4), torch.ones(4), torch.ones(2), torch.zeros(4, 3, device="meta"))
 
 
 @settings(max_examples=60, deadline=None)

@@ -32,6 +32,48 @@ def test_time_stepped_and_closed_form_agree(base, coding):
     assert enc(x).train.shape == (8, 3, 5, 32)
 
 
+@pytest.mark.parametrize("base", [nn.Linear(70, 130), Conv1D(130, 70), nn.Linear(70, 130, bias=False)],
+                         ids=["linear", "conv1d", "linear-no-bias"])
+def test_event_driven_synapses_compute_the_dense_time_stepped_sum(base):
+    """Without autograd the time-stepped synapses run event by event in the compiled kernel (where built):
+    the dense per-step product, summed in another order, from the same spikes."""
+    from stac import kernels
+
+    torch.manual_seed(1)
+    enc = encoder_for(70, T=10, engine="time_stepped")
+    layer = SpikingLinear(base, enc)
+    x = torch.randn(2, 3, 70)
+    with torch.no_grad():
+        events = layer(x)
+        assert layer._event_driven(base, enc(x).train) == kernels.available()
+        handle = base.register_forward_hook(lambda *args: None)  # a hook on base_layer: the dense path
+        try:
+            dense = layer(x)
+            assert "_rows" not in layer.__dict__ or kernels.available()
+        finally:
+            handle.remove()
+    torch.testing.assert_close(events, dense, rtol=1e-5, atol=1e-5)
+    enc.engine = "closed_form"
+    with torch.no_grad():
+        torch.testing.assert_close(events, layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_event_driven_weight_copy_follows_weight_updates_and_is_released():
+    torch.manual_seed(2)
+    base = nn.Linear(16, 8)
+    enc = encoder_for(16, T=6, engine="time_stepped")
+    layer = SpikingLinear(base, enc)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        before = layer(x)
+        base.weight.mul_(2)  # in place: the cached [in, out] copy must not serve the old weights
+        enc.forget()
+        after = layer(x)
+        torch.testing.assert_close(after - base.bias, 2 * (before - base.bias), rtol=1e-5, atol=1e-5)
+    layer.release()
+    assert "_rows" not in layer.__dict__
+
+
 def test_spiking_linear_computes_the_base_layer_on_the_decoded_input():
     torch.manual_seed(0)
     base = nn.Linear(32, 16)
