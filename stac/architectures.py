@@ -158,3 +158,13 @@ def _retarget_ties(model: nn.Module, path: str) -> None:
 def encoders_of(model: nn.Module) -> dict[str, SpikeEncoder]:
     """All SpikeEncoders of a model, by module name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, SpikeEncoder)}
+
+
+def synapse_weights(model: nn.Module) -> dict[SpikeEncoder, list]:
+    """The weights ([out, in]) each encoder drives, from the SpikingLinear layers that read it."""
+    weights: dict[SpikeEncoder, list] = {}
+    for module in model.modules():
+        if isinstance(module, SpikingLinear):
+            base = module.base_layer
+            weights.setdefault(module.encoder, []).append(SYNAPSES[type(base)](base))
+    return weights

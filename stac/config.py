@@ -53,6 +53,10 @@ class SpikingConfig:
     # The lm_head's input is spike-coded too (measured: docs/levers.md). Checkpoints written before this
     # option existed have a float lm_head; from_dict reads a missing key as False.
     spiking_head: bool = True
+    # Exponent alpha in [0, 1] moving each encoder's thresholds toward 1 / (column norm of the synapses
+    # it drives), geometric mean kept (stac.thresholds; docs/levers.md (g)). 0: margin * max only. Older
+    # checkpoints lack the key; from_dict reads it as 0.
+    threshold_weighting: float = 0.0
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
     # Per-encoder settings, applied in order (later wins): (glob over encoder names such as
     # "model.layers.*.mlp.encoder_down", {"timesteps" or "timestep_offset": .., "coding": ..,
@@ -78,6 +82,12 @@ class SpikingConfig:
         if not isinstance(self.float_operations, (list, tuple)) or not all(
                 isinstance(op, str) for op in self.float_operations):
             raise TypeError(f"SpikingConfig.float_operations must be a list of strings, got {self.float_operations!r}")
+        weighting = self.threshold_weighting
+        if isinstance(weighting, bool) or not isinstance(weighting, (int, float)):
+            raise TypeError(f"SpikingConfig.threshold_weighting must be a number, got {weighting!r}")
+        if not 0.0 <= weighting <= 1.0:
+            raise ValueError(f"SpikingConfig.threshold_weighting must be in [0, 1], got {weighting!r}")
+        object.__setattr__(self, "threshold_weighting", float(weighting))
         if not isinstance(self.spiking_head, bool):
             raise TypeError(f"SpikingConfig.spiking_head must be a bool, got {self.spiking_head!r}")
         # float_operations documents what stays in float: keep its lm_head entry true to spiking_head
@@ -131,7 +141,7 @@ class SpikingConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown spiking config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{"spiking_head": False, **d})
+        return cls(**{"spiking_head": False, "threshold_weighting": 0.0, **d})
 
     def replace(self, **changes) -> "SpikingConfig":
         return dataclasses.replace(self, **changes)

@@ -11,7 +11,8 @@ import copy
 import torch
 from transformers import PreTrainedModel
 
-from .architectures import architecture_for
+from . import thresholds
+from .architectures import architecture_for, synapse_weights
 from .calibration import channel_max, default_calibration
 from .config import SpikingConfig
 from .configuration_stac import StacConfig
@@ -59,10 +60,15 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
     missing = [name for name in snn.encoders if name.removeprefix("model.") not in stats]
     if missing:
         raise RuntimeError(f"calibration has no statistics for {len(missing)} encoders, e.g. {missing[:3]}")
+    consumers = synapse_weights(snn) if config.threshold_weighting else {}
     for name, encoder in snn.encoders.items():
         base_name = name.removeprefix("model.")
         margin = config.for_encoder(base_name).threshold_margin
-        encoder.threshold.copy_((stats[base_name] * margin).clamp_min(config.min_threshold))
+        threshold = thresholds.calibrated(stats[base_name], margin, config.min_threshold)
+        if config.threshold_weighting:
+            norms = thresholds.column_norms(consumers[encoder])
+            threshold = thresholds.weighted(threshold, norms, config.threshold_weighting, margin)
+        encoder.threshold.copy_(threshold)
     snn.to(model.dtype)
     snn.eval()
     return snn

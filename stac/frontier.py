@@ -44,7 +44,8 @@ def config_name(config: SpikingConfig) -> str:
             str(_SHORT.get(v, v)) if k == "coding" else (
                 f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else f"m{v:g}"))
             for k, v in settings.items())
-    return name + ("+head" if config.spiking_head else "")
+    name += "+head" if config.spiking_head else ""
+    return name + (f"+w{config.threshold_weighting:g}" if config.threshold_weighting else "")
 
 
 def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
@@ -58,9 +59,9 @@ def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
     return tuple(overrides)
 
 
-def _sd(t: int, margin: float = 4.0, head: bool = False, **groups: int) -> SpikingConfig:
+def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, **groups: int) -> SpikingConfig:
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=group_overrides(**groups),
-                         spiking_head=head)
+                         spiking_head=head, threshold_weighting=weighting)
 
 
 # The sweep of docs/levers.md, in the order it runs: codings at equal T, T, margins, per-group sensitivity
@@ -77,6 +78,9 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, down=12), _sd(10, down=12, gate_up=9), _sd(10, down=12, gate_up=9, o=8), _sd(9, down=12),
     # the lm_head's input spike-coded too (at the base T)
     _sd(10, down=12, gate_up=9, head=True), _sd(12, head=True),
+    # thresholds weighted by the synapses' column norms (stac.thresholds), at equal and at fewer spikes
+    _sd(10, down=12, gate_up=9, head=True, weighting=0.5), _sd(10, 6.0, down=12, gate_up=9, head=True, weighting=0.5),
+    _sd(10, 6.0, down=12, gate_up=9, head=True, weighting=1.0), _sd(9, down=11, gate_up=8, head=True, weighting=0.5),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -84,21 +88,25 @@ PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 def parse_config(spec: str) -> SpikingConfig:
     """``coding:T:margin[:group=T,...]``, e.g. ``signed_digit:10:3`` or ``signed_digit:12:4:down=8``.
 
-    The lm_head's input spikes unless the groups say ``head=0``.
+    The lm_head's input spikes unless the groups say ``head=0``; ``w=0.5`` sets ``threshold_weighting``.
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups = {}
+    groups, weighting = {}, 0.0
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
-            groups[group] = int(t)
+            if group == "w":
+                weighting = float(t)
+            else:
+                groups[group] = int(t)
     head = groups.pop("head", 1)
     if head not in (0, 1):
         raise ValueError(f"config spec {spec!r}: head=0 (float lm_head) or head=1 (spiking, the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
-                         layer_overrides=group_overrides(**groups), spiking_head=bool(head))
+                         layer_overrides=group_overrides(**groups), spiking_head=bool(head),
+                         threshold_weighting=weighting)
 
 
 def config_spec(config: SpikingConfig) -> str:
@@ -110,6 +118,8 @@ def config_spec(config: SpikingConfig) -> str:
         groups.append(f"{pattern.removeprefix('*.encoder_')}={settings['timesteps']}")
     if not config.spiking_head:
         groups.append("head=0")
+    if config.threshold_weighting:
+        groups.append(f"w={config.threshold_weighting:g}")
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 

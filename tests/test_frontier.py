@@ -50,6 +50,9 @@ def test_every_preset_is_named_by_its_config_and_round_trips_through_its_spec():
     assert config_name(parse_config("signed_digit:12:4:down=8,head=0")) == "sd-T12-m4+down8"
     with pytest.raises(ValueError, match="head=0"):
         parse_config("signed_digit:12:4:head=2")
+    weighted = parse_config("signed_digit:10:6:down=12,w=0.5")
+    assert weighted.threshold_weighting == 0.5 and config_name(weighted) == "sd-T10-m6+down12+head+w0.5"
+    assert parse_config(config_spec(weighted)) == weighted
     assert config_name(stac.SpikingConfig(coding="bitplane", timesteps=10, threshold_margin=2.5,
                                           layer_overrides=())) == "bp-T10-m2.5+head"
 
