@@ -45,8 +45,8 @@ def test_fewer_timesteps_mean_a_coarser_snn(kind):
 def test_thresholds_are_margin_times_calibrated_channel_max(kind):
     ann = tiny_ann(kind)
     cal = tiny_calibration()
-    snn2 = stac.convert(ann, stac.SpikingConfig(threshold_margin=2.0), calibration=cal)
-    snn4 = stac.convert(ann, stac.SpikingConfig(threshold_margin=4.0), calibration=cal)
+    snn2 = stac.convert(ann, stac.SpikingConfig(threshold_margin=2.0, threshold_weighting=0.0), calibration=cal)
+    snn4 = stac.convert(ann, stac.SpikingConfig(threshold_margin=4.0, threshold_weighting=0.0), calibration=cal)
     for name, enc in snn2.encoders.items():
         assert (enc.threshold > 0).all()
         torch.testing.assert_close(snn4.encoders[name].threshold, enc.threshold * 2)
@@ -63,8 +63,10 @@ def test_convert_needs_calibration_or_a_tokenizer():
 
 def test_layer_overrides_reach_the_encoders_and_survive_save_and_load(kind, tmp_path):
     ann = tiny_ann(kind)
-    cfg = stac.SpikingConfig(timesteps=8, layer_overrides=[("*.1.*", {"timesteps": 10, "threshold_margin": 2.0})])
-    plain = stac.convert(ann, stac.SpikingConfig(timesteps=8), calibration=tiny_calibration())
+    cfg = stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0,
+                             layer_overrides=[("*.1.*", {"timesteps": 10, "threshold_margin": 2.0})])
+    plain = stac.convert(ann, stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0),
+                         calibration=tiny_calibration())
     snn = stac.convert(ann, cfg, calibration=tiny_calibration())
     for name, enc in snn.encoders.items():
         second_block = ".1." in name

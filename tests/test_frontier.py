@@ -54,7 +54,7 @@ def test_every_preset_is_named_by_its_config_and_round_trips_through_its_spec():
     assert weighted.threshold_weighting == 0.5 and config_name(weighted) == "sd-T10-m6+down12+head+w0.5"
     assert parse_config(config_spec(weighted)) == weighted
     assert config_name(stac.SpikingConfig(coding="bitplane", timesteps=10, threshold_margin=2.5,
-                                          layer_overrides=())) == "bp-T10-m2.5+head"
+                                          layer_overrides=())) == "bp-T10-m2.5+head+w0.5"
 
 
 def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
@@ -62,10 +62,11 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
     assert set(select_configs(["sd-T10-m?"])) == {"sd-T10-m2", "sd-T10-m3", "sd-T10-m4", "sd-T10-m6"}
     assert select_configs(["rate:16:2"]) == {"rate-T16-m2+head": stac.SpikingConfig(coding="rate", timesteps=16,
                                                                                threshold_margin=2.0,
+                                                                               threshold_weighting=0.0,
                                                                                layer_overrides=())}
     assert select_configs(None) == PRESETS
-    assert config_name(stac.SpikingConfig()) == "sd-T10-m4+down+2+proj+2+gate_up-1+fc-1+head"
-    assert config_name(stac.SpikingConfig(spiking_head=False)) == "sd-T10-m4+down+2+proj+2+gate_up-1+fc-1"
+    assert config_name(stac.SpikingConfig()) == "sd-T10-m5+down+2+proj+2+gate_up-1+fc-1+head+w0.5"
+    assert config_name(stac.SpikingConfig(spiking_head=False)) == "sd-T10-m5+down+2+proj+2+gate_up-1+fc-1+w0.5"
     with pytest.raises(ValueError, match="no preset matches"):
         select_configs(["sd-T99-*"])
     with pytest.raises(ValueError, match="unknown encoder group"):

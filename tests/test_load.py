@@ -186,3 +186,13 @@ def test_disk_offload_gives_the_same_logits(saved_snn, tmp_path):
     ids = tiny_calibration(seed=3, n=1, length=16)[0][None]
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, snn(ids).logits)
+        # The time-stepped engine's event-driven synapses read weights directly; under accelerate's
+        # hooks they must give way to base_layer's own call (which loads the offloaded weight; without it
+        # the logits are NaN or far off). The two paths sum in different orders, and a rounding difference
+        # can move a value across a quantisation level downstream: equal to a tolerance, not bit for bit.
+        model.set_engine("time_stepped")
+        snn.set_engine("time_stepped")
+        try:
+            torch.testing.assert_close(model(ids).logits, snn(ids).logits, rtol=0, atol=1e-2)
+        finally:
+            snn.set_engine("closed_form")
