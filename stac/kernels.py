@@ -124,13 +124,15 @@ static void stac_tile_avx2(const stac_event *ev, int64_t ne, const float *wt, in
 }
 #endif
 
-/* Events of token j in time order, then their count (or -1 when out of memory). */
+/* Gathers each token's events in time order (tokens in parallel), then accumulates them tile by tile.
+   Returns the number of events, i.e. spikes, or -1 when out of memory. */
 int64_t stac_spike_synapse(const float *train, int64_t steps, int64_t n, int64_t in, const float *unit,
                            const float *step_w, const float *wt, int64_t out, float *y) {
     stac_event *ev = (stac_event *)malloc(sizeof(stac_event) * (size_t)(steps * in * n + 1));
     int64_t *count = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
     if (ev == NULL || count == NULL) { free(ev); free(count); return -1; }
     int64_t total = 0;
+    #pragma omp parallel for schedule(static) reduction(+:total) if (n > 1)
     for (int64_t j = 0; j < n; ++j) {
         stac_event *e = ev + j * steps * in;
         int64_t c = 0;
