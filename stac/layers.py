@@ -62,6 +62,10 @@ class SpikeCode:
         return self.integer_levels() * self.unit
 
 
+# The encoder whose memo is alive (see SpikeEncoder.forward).
+_LAST_ENCODER: list["SpikeEncoder | None"] = [None]
+
+
 class SpikeEncoder(nn.Module):
     """A population of ``channels`` spiking neurons per token, run for T steps on each new input.
 
@@ -115,11 +119,13 @@ class SpikeEncoder(nn.Module):
     def reset(self) -> None:
         """Clear neuron state and the memo."""
         self.node.reset()
-        self.__dict__["_memo"] = None
+        self.forget()
 
     def forget(self) -> None:
         """Drop the memoised code (the node is already at rest: it is reset after every input)."""
         self.__dict__["_memo"] = None
+        if _LAST_ENCODER[0] is self:
+            _LAST_ENCODER[0] = None
 
     def forward(self, x: torch.Tensor) -> SpikeCode:
         tracing = torch.compiler.is_compiling()  # export/compile: no memo (it guards on tensor versions)
@@ -139,6 +145,14 @@ class SpikeEncoder(nn.Module):
             levels, scaled = self.coding.closed_form_scaled(x, threshold, unit)
             code = SpikeCode(self.coding, unit, step_weights, levels=levels, _scaled=scaled)
         if not tracing:
+            # Consumers of one input run one after another (q, k, v; gate, up): once another encoder
+            # encodes, the previous memo has served its consumers. Dropping it keeps one code alive at a
+            # time instead of one per encoder until the forward ends (a time-stepped prefill's trains are
+            # tens of MB per encoder). A consumer arriving later still gets the same spikes, recomputed.
+            last = _LAST_ENCODER[0]
+            if last is not None and last is not self:
+                last.__dict__["_memo"] = None
+            _LAST_ENCODER[0] = self
             self.__dict__["_memo"] = (x, x._version, self._engine, code)
         return code
 

@@ -108,6 +108,33 @@ def test_neuron_state_does_not_leak_between_calls(tiny_pair):
     assert all(not isinstance(e.node.v, torch.Tensor) for e in snn.encoders.values())
 
 
+@pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
+def test_one_spike_code_is_held_at_a_time_and_each_input_is_encoded_once(tiny_pair, engine):
+    """A memo lives only while its consumers run (q/k/v, gate/up), so a long prefill does not keep every
+    encoder's spike trains until the forward ends; each encoder still encodes its input once."""
+    _, snn = tiny_pair
+    snn.set_engine(engine)
+    encoders = list(snn.encoders.values())
+    live, encoded = [], {}
+
+    def hook(module, args, code):
+        live.append(sum(e._memo is not None for e in encoders))
+        if module._memo is not None and module._memo[3] is code:
+            encoded.setdefault(id(module), set()).add(id(code))
+
+    handles = [e.register_forward_hook(hook) for e in encoders]
+    try:
+        with torch.no_grad():
+            snn(tiny_calibration(seed=4, n=1, length=12)[0][None])
+    finally:
+        for h in handles:
+            h.remove()
+        snn.set_engine("closed_form")
+    assert live and max(live) == 1
+    assert len(encoded) == len(encoders) and all(len(codes) == 1 for codes in encoded.values())
+    assert all(e._memo is None for e in encoders)
+
+
 # ----- bad checkpoints ----------------------------------------------------------------------------
 
 
