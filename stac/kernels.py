@@ -86,6 +86,7 @@ void stac_bitplane_run(const float *u, int64_t n, int64_t steps, const float *w,
    energy meter counts) instead of one per input and synapse at every step. Outputs are processed in
    tiles of 64, each tile's weights read once for all tokens; tiles run in parallel (OpenMP). */
 #define STAC_TILE 64
+#define STAC_CHUNK 64
 typedef struct { int32_t i; float c; } stac_event;
 
 static void stac_tile_plain(const stac_event *ev, int64_t ne, const float *wt, int64_t out, int64_t o0,
@@ -128,38 +129,45 @@ static void stac_tile_avx2(const stac_event *ev, int64_t ne, const float *wt, in
    Returns the number of events, i.e. spikes, or -1 when out of memory. */
 int64_t stac_spike_synapse(const float *train, int64_t steps, int64_t n, int64_t in, const float *unit,
                            const float *step_w, const float *wt, int64_t out, float *y) {
-    stac_event *ev = (stac_event *)malloc(sizeof(stac_event) * (size_t)(steps * in * n + 1));
-    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n + 1));
+    /* Tokens in chunks, so the event buffer stays bounded (8 bytes per input and step per token of a chunk)
+       however long the prompt. */
+    int64_t chunk = n < STAC_CHUNK ? n : STAC_CHUNK;
+    stac_event *ev = (stac_event *)malloc(sizeof(stac_event) * (size_t)(steps * in * chunk + 1));
+    int64_t *count = (int64_t *)malloc(sizeof(int64_t) * (size_t)(chunk + 1));
     if (ev == NULL || count == NULL) { free(ev); free(count); return -1; }
-    int64_t total = 0;
-    #pragma omp parallel for schedule(static) reduction(+:total) if (n > 1)
-    for (int64_t j = 0; j < n; ++j) {
-        stac_event *e = ev + j * steps * in;
-        int64_t c = 0;
-        for (int64_t t = 0; t < steps; ++t) {
-            const float *s = train + (t * n + j) * in;
-            for (int64_t i = 0; i < in; ++i)
-                if (s[i] != 0.0f) { e[c].i = (int32_t)i; e[c].c = (s[i] * unit[i]) * step_w[t]; ++c; }
-        }
-        count[j] = c;
-        total += c;
-    }
     int avx2 = 0;
 #ifdef STAC_AVX2
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+    int64_t total = 0;
     int64_t tiles = (out + STAC_TILE - 1) / STAC_TILE;
-    #pragma omp parallel for schedule(static)
-    for (int64_t tl = 0; tl < tiles; ++tl) {
-        int64_t o0 = tl * STAC_TILE, len = out - o0 < STAC_TILE ? out - o0 : STAC_TILE;
-        for (int64_t j = 0; j < n; ++j) {
-#ifdef STAC_AVX2
-            if (avx2 && len == STAC_TILE) {
-                stac_tile_avx2(ev + j * steps * in, count[j], wt, out, o0, y + j * out + o0);
-                continue;
+    for (int64_t j0 = 0; j0 < n; j0 += chunk) {
+        int64_t m = n - j0 < chunk ? n - j0 : chunk;
+        #pragma omp parallel for schedule(static) reduction(+:total) if (m > 1)
+        for (int64_t j = 0; j < m; ++j) {
+            stac_event *e = ev + j * steps * in;
+            int64_t c = 0;
+            for (int64_t t = 0; t < steps; ++t) {
+                const float *s = train + (t * n + j0 + j) * in;
+                for (int64_t i = 0; i < in; ++i)
+                    if (s[i] != 0.0f) { e[c].i = (int32_t)i; e[c].c = (s[i] * unit[i]) * step_w[t]; ++c; }
             }
+            count[j] = c;
+            total += c;
+        }
+        #pragma omp parallel for schedule(static)
+        for (int64_t tl = 0; tl < tiles; ++tl) {
+            int64_t o0 = tl * STAC_TILE, len = out - o0 < STAC_TILE ? out - o0 : STAC_TILE;
+            for (int64_t j = 0; j < m; ++j) {
+                float *yj = y + (j0 + j) * out + o0;
+#ifdef STAC_AVX2
+                if (avx2 && len == STAC_TILE) {
+                    stac_tile_avx2(ev + j * steps * in, count[j], wt, out, o0, yj);
+                    continue;
+                }
 #endif
-            stac_tile_plain(ev + j * steps * in, count[j], wt, out, o0, len, y + j * out + o0);
+                stac_tile_plain(ev + j * steps * in, count[j], wt, out, o0, len, yj);
+            }
         }
     }
     (void)avx2;

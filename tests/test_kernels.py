@@ -129,6 +129,17 @@ def test_spike_synapse_equals_the_dense_per_step_product(steps, token_shape, inp
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_spike_synapse_handles_prompts_longer_than_its_token_chunks():
+    """Tokens go through in chunks of 64 (a bounded event buffer): 150 tokens = two chunks and a remainder."""
+    g = torch.Generator().manual_seed(3)
+    r = torch.rand(6, 150, 40, generator=g)
+    train = torch.where(r < 0.1, 1.0, torch.where(r < 0.2, -1.0, 0.0))
+    unit, step_weights, weight = torch.rand(40, generator=g), torch.rand(6, generator=g), torch.randn(70, 40, generator=g)
+    expected = torch.tensordot(step_weights, torch.nn.functional.linear(train * unit, weight), dims=1)
+    torch.testing.assert_close(kernels.spike_synapse(train, unit, step_weights, weight.t().contiguous()), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_spike_synapse_rejects_mismatched_weights():
     with pytest.raises(ValueError, match="weights"):
         kernels.spike_synapse(torch.zeros(2, 1, 4), torch.ones(4), torch.ones(2), torch.zeros(5, 3))
