@@ -69,7 +69,7 @@ def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0,
 # is the most sensitive per joule saved, gate/up's the least), all with a float lm_head; then the lm_head's
 # input spike-coded as well.
 SWEEP: tuple[SpikingConfig, ...] = (
-    _sd(12, head=False), _sd(12, head=False).replace(coding="bitplane"), _sd(12, head=False).replace(coding="rate"),
+    _sd(12), _sd(12).replace(coding="bitplane"), _sd(12).replace(coding="rate"),
     _sd(8), _sd(10), _sd(14),
     _sd(10, 2.0), _sd(10, 3.0), _sd(10, 6.0),
     _sd(12, qkv=8), _sd(12, o=8), _sd(12, gate_up=8), _sd(12, down=8),
@@ -91,7 +91,8 @@ PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 def parse_config(spec: str) -> SpikingConfig:
     """``coding:T:margin[:group=T,...]``, e.g. ``signed_digit:10:3`` or ``signed_digit:12:4:down=8``.
 
-    The lm_head's input spikes unless the groups say ``head=0``; ``w=0.5`` sets ``threshold_weighting`` (absent: 0, thresholds at margin x max only).
+    The lm_head's input spikes unless the groups say ``head=0``; ``w=0.5`` sets ``threshold_weighting``
+    (absent: 0, thresholds at margin x max only).
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:

@@ -156,8 +156,8 @@ def model_card(config: StacConfig, repo_id: str, results: dict | None = None) ->
     base_text = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{base or 'unknown'}`"
     rows = [("timesteps T", spiking["timesteps"]), ("spike coding", spiking["coding"]),
             ("threshold margin", spiking["threshold_margin"]),
-            ("threshold weighting by column norms", spiking.get("threshold_weighting", 0.0)),
-            ("spiking lm_head", spiking.get("spiking_head", False)), ("minimum threshold", spiking["min_threshold"]),
+            ("threshold weighting by column norms", spiking["threshold_weighting"]),
+            ("spiking lm_head", spiking["spiking_head"]), ("minimum threshold", spiking["min_threshold"]),
             ("engine", spiking["engine"]), ("base architecture", config.text_config.model_type),
             ("STAC format version", config.stac_format_version)]
     lines = [

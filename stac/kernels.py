@@ -202,23 +202,19 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
 def _build() -> ctypes.CDLL:
     # With OpenMP where the compiler has it (the synapse tiles then use torch's own OpenMP threads: the
     # runtime torch loaded is the one this library links), and without it otherwise (one thread).
-    target = None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     for flags in (_FLAGS + _OPENMP, _FLAGS):
         key = hashlib.sha256((_SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
-        candidate = _cache_dir() / f"kernels-{key}.so"
-        if candidate.exists():
-            target = candidate
-            break
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if compiler is None:
-            raise RuntimeError("no C compiler found (set CC)")
-        try:
-            _compile(compiler, flags, candidate)
-        except subprocess.CalledProcessError:
-            if flags is _FLAGS:
-                raise
-            continue
-        target = candidate
+        target = _cache_dir() / f"kernels-{key}.so"
+        if not target.exists():
+            if compiler is None:
+                raise RuntimeError("no C compiler found (set CC)")
+            try:
+                _compile(compiler, flags, target)
+            except subprocess.CalledProcessError:
+                if flags is _FLAGS:
+                    raise
+                continue
         break
     lib = ctypes.CDLL(str(target))
     f, i64, fp = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p

@@ -151,7 +151,7 @@ class SpikeEncoder(nn.Module):
             # tens of MB per encoder). A consumer arriving later still gets the same spikes, recomputed.
             last = _LAST_ENCODER[0]
             if last is not None and last is not self:
-                last.__dict__["_memo"] = None
+                last.forget()
             _LAST_ENCODER[0] = self
             self.__dict__["_memo"] = (x, x._version, self._engine, code)
         return code
@@ -205,21 +205,19 @@ class SpikingLinear(nn.Module):
         dtype = _parameter_dtype(base)
         if code.train is None:
             return base(code.scaled(dtype))
+        bias = base.bias  # added once, not once per step
         if self._event_driven(base, code.train):
             # One multiply-add per spike and synapse (stac.kernels.spike_synapse): the dense product below,
             # summed in another order.
             out = _kernel_spike_synapse(code.train, code.unit, code.step_weights, self._synapse_rows(base))
-            bias = base.bias
-            return out if bias is None else out + bias
-        # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses; the bias is added
-        # once, not once per step.
-        per_step = base(code.scaled(dtype))
-        bias = base.bias
-        if bias is not None:
-            per_step = per_step - bias
-        steps = per_step.shape[0]
-        # sum_t w_t * per_step[t], as one [T] x [T, rest] product
-        out = (code.step_weights.to(per_step.dtype) @ per_step.reshape(steps, -1)).view(per_step.shape[1:])
+        else:
+            # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses
+            per_step = base(code.scaled(dtype))
+            if bias is not None:
+                per_step = per_step - bias
+            steps = per_step.shape[0]
+            # sum_t w_t * per_step[t], as one [T] x [T, rest] product
+            out = (code.step_weights.to(per_step.dtype) @ per_step.reshape(steps, -1)).view(per_step.shape[1:])
         return out if bias is None else out + bias
 
     @staticmethod
