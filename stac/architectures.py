@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from transformers import PretrainedConfig
 
+from .attention import ATTENTION_NAME, PROBABILITY_ENCODER, PROBABILITY_THRESHOLD, QUERY_ENCODER
 from .config import SpikingConfig
 from .layers import SYNAPSES, SpikeEncoder, SpikingLinear
 
@@ -28,6 +30,9 @@ class Architecture:
     groups: tuple[EncoderGroup, ...]
     # The output projection's encoder, at the model's root (owner ""), used when SpikingConfig.spiking_head
     head: EncoderGroup | None = None
+    # Path of the attention module inside a block, for SpikingConfig.spiking_attention (stac.attention):
+    # its queries and probabilities get encoders of their own there.
+    attention: str | None = None
 
 
 _LLAMA_LAYOUT = Architecture(
@@ -39,6 +44,7 @@ _LLAMA_LAYOUT = Architecture(
         EncoderGroup("encoder_down", "mlp", ("mlp.down_proj",)),
     ),
     head=EncoderGroup("encoder_head", "", ("lm_head",)),
+    attention="self_attn",
 )
 
 _GPT2_LAYOUT = Architecture(
@@ -50,6 +56,7 @@ _GPT2_LAYOUT = Architecture(
         EncoderGroup("encoder_proj", "mlp", ("mlp.c_proj",)),
     ),
     head=EncoderGroup("encoder_head", "", ("lm_head",)),
+    attention="attn",
 )
 
 # model_type (as in a transformers config) -> layout.
@@ -84,6 +91,18 @@ def encoder_name(arch: Architecture, block_index: int, group: EncoderGroup) -> s
 def head_encoder_name(arch: Architecture) -> str:
     """Module path of the lm_head's encoder inside the base model (it sits at the root): ``encoder_head``."""
     return arch.head.name
+
+
+def attention_encoder_names(arch: Architecture, block_index: int) -> tuple[str, str]:
+    """Module paths of a block's query and probability encoders (``stac.attention``)."""
+    prefix = f"{arch.blocks}.{block_index}.{arch.attention}"
+    return f"{prefix}.{QUERY_ENCODER}", f"{prefix}.{PROBABILITY_ENCODER}"
+
+
+def attention_modules(model: nn.Module, arch: Architecture) -> dict[str, nn.Module]:
+    """Each block's attention module, keyed by the name of its query encoder."""
+    return {attention_encoder_names(arch, i)[0]: block.get_submodule(arch.attention)
+            for i, block in enumerate(blocks_of(model, arch))}
 
 
 def in_features(layer: nn.Module) -> int:
@@ -121,6 +140,11 @@ def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]
                     f"cannot make {type(layer).__name__} spiking in {group.consumers}; supported "
                     f"module types: {[t.__name__ for t in SYNAPSES]}"
                 )
+    if spiking.spiking_attention and arch.attention is None:
+        raise UnsupportedArchitectureError(
+            f"spiking attention is not supported for {model.config.model_type!r}; supported model types: "
+            f"{sorted(t for t, a in ARCHITECTURES.items() if a.attention)}"
+        )
     encoders = {}
     for owner, group, name in sites:
         layers = group_consumers(owner, group)
@@ -134,6 +158,32 @@ def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]
             if owner is model:
                 _retarget_ties(model, path)
         encoders[name] = encoder
+    if spiking.spiking_attention:
+        encoders.update(_spikify_attention(model, arch, spiking))
+    return encoders
+
+
+def _spikify_attention(model: nn.Module, arch: Architecture, spiking: SpikingConfig) -> dict[str, SpikeEncoder]:
+    """Give every attention module its query and probability encoders and route the model's attention
+    through ``stac.attention`` (transformers' AttentionInterface, by name in the config)."""
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    encoders = {}
+    for i, block in enumerate(blocks_of(model, arch)):
+        attention = block.get_submodule(arch.attention)
+        for name, channels in zip(attention_encoder_names(arch, i), (heads * head_dim, 1)):
+            own = spiking.for_encoder(name)
+            encoder = SpikeEncoder(channels, own.coding, own.timesteps, own.engine)
+            attention.add_module(name.rsplit(".", 1)[-1], encoder)
+            encoders[name] = encoder
+        attention.get_submodule(PROBABILITY_ENCODER).threshold.fill_(PROBABILITY_THRESHOLD)
+    # Every config object inside the model (a deep copy may hold several) names the implementation: the
+    # attention modules read theirs, the mask builder the base model's.
+    for module in model.modules():
+        inner = getattr(module, "config", None)
+        if isinstance(inner, PretrainedConfig):
+            inner._attn_implementation = ATTENTION_NAME
     return encoders
 
 

@@ -5,11 +5,15 @@ The ANN is only observed: hooks are removed and its training flag restored whate
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import Architecture, blocks_of, encoder_name, group_consumers, head_encoder_name
+from .architectures import (Architecture, attention_modules, blocks_of, encoder_name, group_consumers,
+                            head_encoder_name)
+from .attention import observe_queries
 from .data import CALIBRATION_CHATS, chat_token_sequences, read_text, token_windows
 
 
@@ -25,7 +29,12 @@ def default_calibration(tokenizer, n_tokens: int | None = None, window: int = 51
 @torch.no_grad()
 def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tensor],
                 progress: bool = False) -> dict[str, torch.Tensor]:
-    """Largest |x| per input channel of every encoder group (and the head's), keyed by encoder name."""
+    """Largest |x| per input channel of every encoder group (and the head's), keyed by encoder name.
+
+    Where the architecture has an attention entry, also the largest |query| per head and channel after
+    RoPE (what ``stac.attention``'s query encoders see), keyed by the query encoder's name; the model's
+    own attention implementation still computes every output.
+    """
     if not sequences:
         raise ValueError("calibration needs at least one token sequence")
     stats: dict[str, torch.Tensor] = {}
@@ -46,10 +55,14 @@ def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tens
         handles.append(head.register_forward_pre_hook(observer(head_encoder_name(arch))))
     was_training = model.training
     model.eval()
+    queries = (observe_queries(model, attention_modules(model, arch)) if arch.attention is not None
+               else contextlib.nullcontext({}))
     try:
-        for ids in tqdm(sequences, desc="calibrating", unit="seq", disable=not progress):
-            ids = ids.reshape(1, -1).to(model.device)
-            model(input_ids=ids, use_cache=False)
+        with queries as query_stats:
+            for ids in tqdm(sequences, desc="calibrating", unit="seq", disable=not progress):
+                ids = ids.reshape(1, -1).to(model.device)
+                model(input_ids=ids, use_cache=False)
+        stats.update(query_stats)
     finally:
         for h in handles:
             h.remove()

@@ -34,6 +34,12 @@ FLOAT_OPERATIONS = (
     "residual additions",
 )
 HEAD_FLOAT_OPERATION = "lm_head"
+ATTENTION_FLOAT_OPERATION = FLOAT_OPERATIONS[2]
+# With spiking_attention the queries and probabilities spike; what stays float in attention:
+SPIKING_ATTENTION_FLOAT_OPERATION = (
+    "attention softmax (and scale, mask); keys and values are the float synapses of the spike-coded "
+    "queries (QK^T) and probabilities (AV)"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ class SpikingConfig:
     # default 0.5 with margin 5 was measured to keep top-1 at margin 4's level with fewer spikes. Older
     # checkpoints lack the key; from_dict reads it as 0.
     threshold_weighting: float = 0.5
+    # The attention's own matmuls driven by spikes too: queries (after RoPE) spike into QK^T, attention
+    # probabilities into AV (stac.attention; docs/levers.md (h)). Older checkpoints lack the key; from_dict
+    # reads it as False.
+    spiking_attention: bool = False
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
     # Per-encoder settings, applied in order (later wins): (glob over encoder names such as
     # "model.layers.*.mlp.encoder_down", {"timesteps" or "timestep_offset": .., "coding": ..,
@@ -91,10 +101,14 @@ class SpikingConfig:
         if not 0.0 <= weighting <= 1.0:
             raise ValueError(f"SpikingConfig.threshold_weighting must be in [0, 1], got {weighting!r}")
         object.__setattr__(self, "threshold_weighting", float(weighting))
-        if not isinstance(self.spiking_head, bool):
-            raise TypeError(f"SpikingConfig.spiking_head must be a bool, got {self.spiking_head!r}")
-        # float_operations documents what stays in float: keep its lm_head entry true to spiking_head
-        ops = tuple(op for op in self.float_operations if op != HEAD_FLOAT_OPERATION)
+        for name in ("spiking_head", "spiking_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"SpikingConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        # float_operations documents what stays in float: keep its lm_head and attention entries true to
+        # spiking_head and spiking_attention
+        attention = (SPIKING_ATTENTION_FLOAT_OPERATION if self.spiking_attention else ATTENTION_FLOAT_OPERATION)
+        ops = tuple(attention if op in (ATTENTION_FLOAT_OPERATION, SPIKING_ATTENTION_FLOAT_OPERATION) else op
+                    for op in self.float_operations if op != HEAD_FLOAT_OPERATION)
         object.__setattr__(self, "float_operations", ops if self.spiking_head else (*ops, HEAD_FLOAT_OPERATION))
         if not isinstance(self.layer_overrides, (list, tuple)):
             raise TypeError(f"SpikingConfig.layer_overrides must be a list, got {self.layer_overrides!r}")
@@ -144,7 +158,7 @@ class SpikingConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown spiking config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{"spiking_head": False, "threshold_weighting": 0.0, **d})
+        return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False, **d})
 
     def replace(self, **changes) -> "SpikingConfig":
         return dataclasses.replace(self, **changes)

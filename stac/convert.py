@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 
 from . import thresholds
 from .architectures import architecture_for, synapse_weights
+from .attention import PROBABILITY_ENCODER, PROBABILITY_THRESHOLD
 from .calibration import channel_max, default_calibration
 from .config import SpikingConfig
 from .configuration_stac import StacConfig
@@ -57,15 +58,19 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
     base = copy.deepcopy(model)
     base.config = stac_config.text_config
     snn = StacForCausalLM(stac_config, base_model=base)
-    missing = [name for name in snn.encoders if name.removeprefix("model.") not in stats]
+    missing = [name for name in snn.encoders
+               if name.removeprefix("model.") not in stats and not name.endswith(f".{PROBABILITY_ENCODER}")]
     if missing:
         raise RuntimeError(f"calibration has no statistics for {len(missing)} encoders, e.g. {missing[:3]}")
     consumers = synapse_weights(snn) if config.threshold_weighting else {}
     for name, encoder in snn.encoders.items():
         base_name = name.removeprefix("model.")
+        if base_name.endswith(f".{PROBABILITY_ENCODER}"):
+            encoder.threshold.fill_(PROBABILITY_THRESHOLD)  # probabilities: no calibration needed
+            continue
         margin = config.for_encoder(base_name).threshold_margin
         threshold = thresholds.calibrated(stats[base_name], margin, config.min_threshold)
-        if config.threshold_weighting:
+        if config.threshold_weighting and encoder in consumers:  # query encoders drive keys, not weights
             norms = thresholds.column_norms(consumers[encoder])
             threshold = thresholds.weighted(threshold, norms, config.threshold_weighting, margin)
         encoder.threshold.copy_(threshold)

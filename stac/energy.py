@@ -13,7 +13,11 @@ every output is bit-identical with and without it. Counting rules (docs/energy.m
                  accumulator doubling of binary-weighted codes as element-wise ops.
     dense        every weight matmul still computed densely (nn.Linear / Conv1D not driven by spikes,
                  lm_head): positions x in x out MACs; attention QK^T and AV: batch x query heads x new
-                 positions x context length (KV cache included) x head_dim MACs each.
+                 positions x context length (KV cache included) x head_dim MACs each, unless the
+                 attention's inputs spike (stac.attention): then synaptic ops of its query encoder
+                 (fan-out: the context length) and weight encoder (fan-out: head_dim + 1, the
+                 normaliser) instead, and a division per output in place of the softmax's sum and
+                 divide.
     elementwise  norms, activations (and the gate*up product), softmax, RoPE, residual and bias adds: a
                  fixed number of ops per element, each priced at E_elementwise.
 
@@ -34,6 +38,7 @@ from transformers.models.mistral.modeling_mistral import MistralRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from .architectures import UnsupportedArchitectureError, architecture_for
+from .attention import PROBABILITY_ENCODER, QUERY_ENCODER
 from .layers import SYNAPSES, SpikeCode, SpikeEncoder, SpikingLinear
 from .modeling_stac import StacForCausalLM
 
@@ -119,6 +124,7 @@ ACTIVATION_RULES: dict[type, int] = {
 ELEMENTWISE_RULES: dict[type, int] = {**NORM_RULES, **ACTIVATION_RULES}
 POSITION_EMBEDDING_OPS = 1  # per element: added to the token embedding
 SOFTMAX_OPS = 7  # per attention score: scale, mask add, max, subtract, exp, sum, divide
+SPIKING_SOFTMAX_OPS = 5  # the same without sum and divide: stac.attention normalises from the spikes
 ROPE_OPS = 3  # per rotated q or k element: q*cos + rotate_half(q)*sin
 RESIDUAL_ADDS = 2  # per hidden element per decoder block: after attention and after the MLP
 NORMALISE_OPS = 3  # per encoder neuron per input: divide by the threshold unit, clamp, round
@@ -345,7 +351,24 @@ class EnergyMeter:
         context = cache.get_seq_length(module.layer_idx) if cache is not None else new
         scores = batch * self._heads * new * context
         t = self._tally(f"{self._names[module]}:attention", "dense")
-        t.macs += 2 * scores * self._head_dim  # QK^T and AV
+        encoder_q = module._modules.get(QUERY_ENCODER)
+        if encoder_q is None:
+            t.macs += 2 * scores * self._head_dim  # QK^T and AV
+        else:
+            # stac.attention: each query spike adds a key column (context synapses), each probability
+            # spike a value row (head_dim synapses); outputs accumulate as in a SpikingLinear.
+            # A weight spike also adds to its row's normaliser (fan-out head_dim + 1); the output is then
+            # divided by it (one op per output), and the softmax's own sum and divide are not done.
+            outputs = batch * self._heads * new * self._head_dim
+            for encoder, fan_out, accumulators in (
+                (encoder_q, context, scores),
+                (module._modules[PROBABILITY_ENCODER], self._head_dim + 1, outputs + batch * self._heads * new),
+            ):
+                code, spikes, _ = self._codes[encoder]
+                s = self._tally(self._names[encoder], "spiking")
+                s.synops += spikes * fan_out
+                s.elementwise_ops += accumulators * _accumulator_steps(code)
+            t.elementwise_ops += (SPIKING_SOFTMAX_OPS - SOFTMAX_OPS) * scores + outputs
         t.elementwise_ops += SOFTMAX_OPS * scores
         if self.layout.rotary:
             t.elementwise_ops += ROPE_OPS * batch * new * (self._heads + self._kv_heads) * self._head_dim

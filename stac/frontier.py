@@ -30,7 +30,7 @@ from .energy import EnergyMeter, EnergyReport, energy_model_for, measure_decode_
 from .evaluation import compare_on_text
 
 # Encoder groups of a Llama-family block (stac.architectures), as used in layer_overrides patterns.
-GROUPS = ("encoder_qkv", "encoder_o", "encoder_gate_up", "encoder_down")
+GROUPS = ("encoder_qkv", "encoder_o", "encoder_gate_up", "encoder_down", "encoder_q", "encoder_p")
 _SHORT = {"rate": "rate", "bitplane": "bp", "signed_digit": "sd"}
 
 
@@ -45,6 +45,7 @@ def config_name(config: SpikingConfig) -> str:
                 f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else f"m{v:g}"))
             for k, v in settings.items())
     name += "+head" if config.spiking_head else ""
+    name += "+attn" if config.spiking_attention else ""
     return name + (f"+w{config.threshold_weighting:g}" if config.threshold_weighting else "")
 
 
@@ -59,9 +60,10 @@ def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
     return tuple(overrides)
 
 
-def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, **groups: int) -> SpikingConfig:
+def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
+        **groups: int) -> SpikingConfig:
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=group_overrides(**groups),
-                         spiking_head=head, threshold_weighting=weighting)
+                         spiking_head=head, threshold_weighting=weighting, spiking_attention=attn)
 
 
 # The sweep of docs/levers.md, in the order it runs: codings at equal T, T, margins, per-group sensitivity
@@ -84,6 +86,11 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(9, down=11, gate_up=8, head=True, weighting=1.0),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5), _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=1.0),
     _sd(10, 5.0, down=12, gate_up=9, head=True),
+    # the attention's queries and softmax weights spike-coded too (stac.attention), on the default
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, p=12),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, q=8),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, q=12, p=12),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -92,7 +99,8 @@ def parse_config(spec: str) -> SpikingConfig:
     """``coding:T:margin[:group=T,...]``, e.g. ``signed_digit:10:3`` or ``signed_digit:12:4:down=8``.
 
     The lm_head's input spikes unless the groups say ``head=0``; ``w=0.5`` sets ``threshold_weighting``
-    (absent: 0, thresholds at margin x max only).
+    (absent: 0, thresholds at margin x max only); ``attn=1`` spike-codes the attention's queries and
+    probabilities (their T: ``q=``, ``p=``).
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
@@ -108,9 +116,12 @@ def parse_config(spec: str) -> SpikingConfig:
     head = groups.pop("head", 1)
     if head not in (0, 1):
         raise ValueError(f"config spec {spec!r}: head=0 (float lm_head) or head=1 (spiking, the default)")
+    attn = groups.pop("attn", 0)
+    if attn not in (0, 1):
+        raise ValueError(f"config spec {spec!r}: attn=1 (spike-coded attention inputs) or attn=0 (the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
                          layer_overrides=group_overrides(**groups), spiking_head=bool(head),
-                         threshold_weighting=weighting)
+                         threshold_weighting=weighting, spiking_attention=bool(attn))
 
 
 def config_spec(config: SpikingConfig) -> str:
@@ -124,6 +135,8 @@ def config_spec(config: SpikingConfig) -> str:
         groups.append("head=0")
     if config.threshold_weighting:
         groups.append(f"w={config.threshold_weighting:g}")
+    if config.spiking_attention:
+        groups.append("attn=1")
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 

@@ -1,0 +1,158 @@
+"""Spike-coded attention inputs: QK^T and AV driven by spikes instead of dense float matmuls.
+
+With ``SpikingConfig.spiking_attention`` every attention module gets two encoders (``stac.architectures``):
+
+    encoder_q  the queries after RoPE, one neuron per head and channel, thresholds calibrated like any
+               other encoder's (``observe_queries`` records them); each spike adds one column of the
+               keys to the scores, a fan-out of the context length.
+    encoder_p  the attention weights before normalisation, exp(score - row max), one neuron per score,
+               threshold 1 (the row's largest weight is exactly 1, so nothing to calibrate); each spike
+               adds one row of the values and its own value to the row's normaliser (one more synapse,
+               of weight 1): a fan-out of head_dim + 1. The output is divided by the normaliser, so the
+               weights the values see sum to 1 exactly. Most weights are near 0 and never fire.
+
+Coding the normalised probabilities instead (threshold 1, no normaliser) was measured first: small
+probabilities round to 0, a row loses part of its mass, and quality fell (docs/levers.md (h)).
+
+Keys and values stay in float (they are the synapses' weights here, written into the KV cache by the
+spiking k/v projections); the scale, the mask, the row max and the exponential stay element-wise float
+work, and so does the division by the normaliser. Both engines
+give the same result: the closed form multiplies ``levels * unit``, the time-stepped engine sums
+``step_weight[t] * (spikes[t] * unit)`` over T products.
+
+The function is registered with transformers' ``AttentionInterface`` as ``stac_spiking``, with the
+eager (additive float) mask under the same name in ``AttentionMaskInterface``: without a registered mask
+transformers passes no causal mask to an implementation it does not know. A model uses it through its
+config's ``_attn_implementation``, which ``stac.architectures.spikify`` sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+ATTENTION_NAME = "stac_spiking"
+QUERY_ENCODER = "encoder_q"
+PROBABILITY_ENCODER = "encoder_p"
+PROBABILITY_THRESHOLD = 1.0
+
+
+def _repeat_heads(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[b, kv_heads, n, d] -> [b, kv_heads * n_rep, n, d], each key/value head repeated for its query group."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def _drive(code, dtype: torch.dtype, product: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``product`` (linear in its input) applied to what a spike code delivers: levels * unit, or each
+    step's spikes * unit weighted by the step weights and summed."""
+    x = code.scaled(dtype)
+    out = product(x)
+    if code.train is None:
+        return out
+    steps = out.shape[0]
+    return (code.step_weights.to(out.dtype) @ out.reshape(steps, -1)).view(out.shape[1:])
+
+
+def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              attention_mask: torch.Tensor | None, scaling: float | None = None,
+                              dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with spike-coded queries and attention weights; the signature of transformers' attention
+    functions (query [b, heads, n, d], key/value [b, kv_heads, context, d]). Returns the output
+    [b, n, heads, d] and the probabilities the values saw (decoded from the spikes, normalised)."""
+    encoder_q = getattr(module, QUERY_ENCODER, None)
+    encoder_p = getattr(module, PROBABILITY_ENCODER, None)
+    if encoder_q is None or encoder_p is None:
+        raise RuntimeError(
+            f"{type(module).__name__} has no {QUERY_ENCODER}/{PROBABILITY_ENCODER}: the {ATTENTION_NAME!r} "
+            "attention implementation only runs inside a model converted with spiking_attention=True"
+        )
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    batch, heads, new, head_dim = query.shape
+    n_rep = heads // key.shape[1]
+    key = _repeat_heads(key, n_rep)
+    value = _repeat_heads(value, n_rep)
+    dtype = query.dtype
+
+    # queries: [b, n, heads * d], one neuron per head and channel
+    q_code = encoder_q(query.transpose(1, 2).reshape(batch, new, heads * head_dim))
+    keys_t = key.transpose(-1, -2)
+    scores = _drive(q_code, dtype, lambda q: q.unflatten(-1, (heads, head_dim)).transpose(-3, -2) @ keys_t)
+    scores = scores * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    # The softmax's numerator exp(s - max): in (0, 1], exactly 1 at each row's largest score.
+    weights = torch.exp(scores.float() - scores.float().amax(-1, keepdim=True)).to(dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+
+    # one neuron per score; each spike adds a value row, and its step weight to the row's normaliser
+    w_code = encoder_p(weights.unsqueeze(-1))
+    out = _drive(w_code, dtype, lambda w: w.squeeze(-1) @ value)
+    decoded = w_code.decoded().squeeze(-1).to(dtype)
+    normaliser = decoded.sum(-1, keepdim=True)
+    return (out / normaliser).transpose(1, 2).contiguous(), decoded / normaliser
+
+
+AttentionInterface.register(ATTENTION_NAME, spiking_attention_forward)
+AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+# ----- calibration: the queries as the attention function sees them (after RoPE) ------------------------
+def _observer_for(implementation: str) -> str:
+    """Register (once) an attention function that records |query| and then runs ``implementation``
+    itself, with ``implementation``'s mask: the observed model computes exactly what it did."""
+    name = f"stac_observe_{implementation}"
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        inner = ALL_ATTENTION_FUNCTIONS[implementation] if implementation in ALL_ATTENTION_FUNCTIONS else None
+
+        def observe(module, query, *args, **kwargs):
+            record = getattr(module, "_stac_observe", None)
+            if record is not None:
+                record(query)
+            fn = inner if inner is not None else _eager_of(module)
+            return fn(module, query, *args, **kwargs)
+
+        AttentionInterface.register(name, observe)
+        if implementation in ALL_MASK_ATTENTION_FUNCTIONS:
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[implementation])
+        else:
+            AttentionMaskInterface.register(name, eager_mask)
+    return name
+
+
+def _eager_of(module: nn.Module) -> Callable:
+    """The eager attention function of the module's own transformers model file."""
+    fn = getattr(inspect.getmodule(type(module)), "eager_attention_forward", None)
+    if fn is None:
+        raise RuntimeError(f"no eager attention function found for {type(module).__name__}")
+    return fn
+
+
+@contextlib.contextmanager
+def observe_queries(model: nn.Module, attentions: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, every forward of ``model`` records the largest |query| per head and channel
+    (after RoPE) of each attention module in ``attentions`` (name -> module), into the yielded dict
+    under the same names. The model's attention implementation is restored on exit, whatever happens."""
+    stats: dict[str, torch.Tensor] = {}
+    config = model.config
+    previous = config._attn_implementation
+    observer = _observer_for(previous or "eager")
+    for name, module in attentions.items():
+        def record(query, name=name):
+            q = query.detach().float().abs().transpose(1, 2).reshape(-1, query.shape[1] * query.shape[-1]).amax(0)
+            stats[name] = q if name not in stats else torch.maximum(stats[name], q)
+        module._stac_observe = record
+    try:
+        config._attn_implementation = observer
+        yield stats
+    finally:
+        config._attn_implementation = previous
+        for module in attentions.values():
+            module.__dict__.pop("_stac_observe", None)
