@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .architectures import architecture_for
+from .attention import PROBABILITY_ENCODER, QUERY_ENCODER
 from .calibration import channel_max
 from .config import SpikingConfig
 from .convert import convert
@@ -204,14 +205,19 @@ def convert_calibrated(ann, config: SpikingConfig, stats: dict[str, torch.Tensor
 # ----- measuring one config ----------------------------------------------------------------------------
 def energy_split(report: EnergyReport) -> dict[str, float]:
     """Joules per token of the spiking layers (and of their synaptic ops alone), lm_head and other dense
-    matmuls, attention (QK^T, AV, softmax, RoPE) and the remaining element-wise work."""
+    matmuls, attention (QK^T, AV, softmax, RoPE; with spiking attention its query and weight encoders,
+    whose work grows with the context) and the remaining element-wise work."""
     split = dict(spiking=0.0, dense=0.0, attention=0.0, elementwise=0.0)
     for layer in report.per_layer:
-        key = "attention" if layer.name.endswith(":attention") else layer.kind
+        key = "attention" if _is_attention(layer.name) else layer.kind
         split[key] += layer.energy_j
     per = {f"energy_{k}_j": v / report.tokens for k, v in split.items()}
     per["energy_synops_j"] = report.energy_ac_j / report.tokens
     return per
+
+
+def _is_attention(layer_name: str) -> bool:
+    return layer_name.endswith((":attention", f".{QUERY_ENCODER}", f".{PROBABILITY_ENCODER}"))
 
 
 def _spiking_by_group(report: EnergyReport) -> dict[str, float]:
@@ -237,12 +243,14 @@ def measure(ann, snn, tokenizer, ann_step: EnergyReport, energy_ids: torch.Tenso
     e_ann, e_snn = ann_step.energy_per_token_j, step.energy_per_token_j
     split = energy_split(step)
     text_split = energy_split(text_report)
-    # Spiking-layer work per position does not depend on the context, so the decode step's energy with
-    # its spiking part replaced by the text average is the same figure for an average token.
+    # Spiking-layer work per position does not depend on the context (attention's encoders are counted
+    # as attention), so the decode step's energy with its spiking part replaced by the text average is
+    # the same figure for an average token.
     e_snn_text = e_snn - split["energy_spiking_j"] + text_split["energy_spiking_j"]
     block_macs = sum(l.macs for l in ann_step.per_layer
                      if l.kind == "dense" and not l.name.endswith(":attention") and "lm_head" not in l.name)
-    block_synops = sum(l.synops for l in step.per_layer if not l.name.endswith("encoder_head"))
+    block_synops = sum(l.synops for l in step.per_layer
+                       if not l.name.endswith("encoder_head") and not _is_attention(l.name))
     row.update({
         "energy_model": ann_step.energy_model,
         "energy_context": context,
@@ -252,7 +260,10 @@ def measure(ann, snn, tokenizer, ann_step: EnergyReport, energy_ids: torch.Tenso
         "energy_ratio_text_avg": e_ann / e_snn_text,
         "spikes_per_token": step.spikes_per_token,
         "spikes_per_token_text_avg": text_report.spikes_per_token,
-        "spikes_per_neuron_text_avg": text_report.spikes / max(1, sum(l.neurons for l in text_report.per_layer)),
+        # the weight matmuls' encoders (attention's weight neurons, one per score, mostly silent, are not)
+        "spikes_per_neuron_text_avg": (
+            sum(l.spikes for l in text_report.per_layer if not _is_attention(l.name))
+            / max(1, sum(l.neurons for l in text_report.per_layer if not _is_attention(l.name)))),
         "synops_per_token": step.synops / step.tokens,
         "synops_per_block_mac": (block_synops / step.tokens) / (block_macs / ann_step.tokens),
         **split,
@@ -353,7 +364,10 @@ def frontier_markdown(rows: list[dict], command: str, date: str | None = None) -
             f"{r['spikes_per_neuron_text_avg']:.2f} | {r['synops_per_block_mac']:.2f} | "
             f"{r['ratio_if_synops_free']:.2f} |")
     lines += ["", "Config names: coding (`sd` signed_digit, `bp` bitplane, `rate`), T, threshold margin; "
-              "`+down8` etc.: that encoder group in every block runs T=8 (`layer_overrides`).", "",
+              "`+down8` etc.: that encoder group in every block runs T=8 (`layer_overrides`); `+head`: the "
+              "lm_head's input spikes; `+attn`: the attention's queries and softmax weights spike "
+              "(`stac.attention`; `+q12`, `+p12`: their T), and their work counts as attention; `+w0.5`: "
+              "threshold weighting 0.5. `spikes/neuron`: the weight matmuls' encoders.", "",
               "![frontier](frontier.png)", ""]
     return "\n".join(lines)
 

@@ -85,7 +85,8 @@ def test_converting_from_statistics_gathered_once_equals_converting_from_the_cal
     ann, calibration = tiny_ann("llama"), tiny_calibration()
     stats = calibrate(ann, calibration)
     ids = tiny_calibration(seed=9, n=1, length=40)[0][None]
-    for config in (parse_config("signed_digit:8:3:down=6"), stac.SpikingConfig(coding="rate", timesteps=16)):
+    for config in (parse_config("signed_digit:8:3:down=6"), stac.SpikingConfig(coding="rate", timesteps=16),
+                   parse_config("signed_digit:8:3:q=6,attn=1")):
         reference = stac.convert(ann, config, calibration=calibration)
         fast = convert_calibrated(ann, config, stats)
         assert reference.config.to_dict() == fast.config.to_dict()
@@ -112,6 +113,27 @@ def test_a_measured_row_splits_the_snn_energy_exactly_and_bounds_the_ratio():
     assert set(row["spiking_j_by_group_text_avg"]) == {"encoder_qkv", "encoder_o", "encoder_gate_up",
                                                         "encoder_down", "encoder_head"}
     assert 0 < row["spikes_per_neuron_text_avg"] <= 8 and row["top1_agreement"] > 0.9
+
+
+def test_with_spiking_attention_its_encoders_count_as_attention_not_as_block_spiking_layers():
+    ann, tok = tiny_ann("llama"), tiny_tokenizer()
+    snn = stac.convert(ann, stac.SpikingConfig(timesteps=8, spiking_attention=True), calibration=tiny_calibration())
+    ids = tiny_calibration(seed=7, n=1, length=300)[0]
+    ann_step = measure_decode_step(ann, ids, 256)
+    row = measure(ann, snn, tok, ann_step, ids, "lee_background", n_tokens=600, context=256)
+    step = measure_decode_step(snn, ids, 256)
+    attention = [l for l in step.per_layer if l.name.endswith((":attention", ".encoder_q", ".encoder_p"))]
+    assert len(attention) == 3 * ann.config.num_hidden_layers
+    assert row["energy_attention_j"] == pytest.approx(sum(l.energy_j for l in attention) / step.tokens, rel=1e-12)
+    spiking = sum(l.energy_j for l in step.per_layer if l.kind == "spiking" and l not in attention)
+    assert row["energy_spiking_j"] == pytest.approx(spiking / step.tokens, rel=1e-12)
+    # the weight matmuls' synops per MAC, as without spiking attention
+    block_macs = sum(l.macs for l in ann_step.per_layer
+                     if l.kind == "dense" and not l.name.endswith(":attention") and "lm_head" not in l.name)
+    block_synops = sum(l.synops for l in step.per_layer
+                       if l.kind == "spiking" and l not in attention and not l.name.endswith("encoder_head"))
+    assert row["synops_per_block_mac"] == pytest.approx(block_synops / block_macs, rel=1e-12)
+    assert 0 < row["spikes_per_neuron_text_avg"] <= 8
 
 
 # ----- the script, end to end --------------------------------------------------------------------------
