@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
     p.add_argument("--margin", type=float, default=stac.SpikingConfig.threshold_margin,
                    help="threshold = margin x per-channel max |x| on calibration text")
+    p.add_argument("--spiking-attention", action="store_true",
+                   help="spike-code the attention's queries and softmax weights too (stac.attention)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--push-to-hub", metavar="USER/NAME", help="also upload the result to this Hub repo")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
@@ -31,7 +33,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     try:
-        config = stac.SpikingConfig(timesteps=args.timesteps, coding=args.coding, threshold_margin=args.margin)
+        config = stac.SpikingConfig(timesteps=args.timesteps, coding=args.coding, threshold_margin=args.margin,
+                                     spiking_attention=args.spiking_attention)
     except (TypeError, ValueError) as err:
         p.error(str(err))
     t0 = time.perf_counter()

@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
     p.add_argument("--margin", type=float, default=stac.SpikingConfig.threshold_margin,
                    help="threshold margin, when converting on the fly")
+    p.add_argument("--spiking-attention", action="store_true",
+                   help="spike-code the attention's queries and softmax weights too (stac.attention)")
     p.add_argument("--text-file", default="lee_background", help="evaluation text: corpus name or path")
     p.add_argument("--tokens", type=int, default=2048, help="tokens of text for perplexity and agreement")
     p.add_argument("--energy-model", default="45nm_fp32", choices=sorted(ENERGY_MODELS))
@@ -41,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    spiking = stac.SpikingConfig(timesteps=args.timesteps, coding=args.coding, threshold_margin=args.margin)
+    spiking = stac.SpikingConfig(timesteps=args.timesteps, coding=args.coding, threshold_margin=args.margin,
+                                  spiking_attention=args.spiking_attention)
     ann, snn, tokenizer = load_pair(args.model, args.base, spiking, progress=sys.stderr.isatty())
     result = evaluate(ann, snn, tokenizer, text=args.text_file, n_tokens=args.tokens,
                       chats=load_chats(args.chat_file), energy_model=args.energy_model, context=args.context,

@@ -44,11 +44,6 @@ PROBABILITY_ENCODER = "encoder_p"
 PROBABILITY_THRESHOLD = 1.0
 
 
-def _repeat_heads(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[b, kv_heads, n, d] -> [b, kv_heads * n_rep, n, d], each key/value head repeated for its query group."""
-    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
-
-
 def _drive(code, dtype: torch.dtype, product: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``product`` (linear in its input) applied to what a spike code delivers: levels * unit, or each
     step's spikes * unit weighted by the step weights and summed."""
@@ -66,8 +61,8 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     """Attention with spike-coded queries and attention weights; the signature of transformers' attention
     functions (query [b, heads, n, d], key/value [b, kv_heads, context, d]). Returns the output
     [b, n, heads, d] and the probabilities the values saw (decoded from the spikes, normalised)."""
-    encoder_q = getattr(module, QUERY_ENCODER, None)
-    encoder_p = getattr(module, PROBABILITY_ENCODER, None)
+    encoder_q = module._modules.get(QUERY_ENCODER)
+    encoder_p = module._modules.get(PROBABILITY_ENCODER)
     if encoder_q is None or encoder_p is None:
         raise RuntimeError(
             f"{type(module).__name__} has no {QUERY_ENCODER}/{PROBABILITY_ENCODER}: the {ATTENTION_NAME!r} "
@@ -76,28 +71,39 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     batch, heads, new, head_dim = query.shape
-    n_rep = heads // key.shape[1]
-    key = _repeat_heads(key, n_rep)
-    value = _repeat_heads(value, n_rep)
+    kv_heads, context = key.shape[1], key.shape[2]
+    group = heads // kv_heads  # query heads sharing one key/value head (GQA), handled without copies
     dtype = query.dtype
 
-    # queries: [b, n, heads * d], one neuron per head and channel
+    # queries: [b, n, heads * d], one neuron per head and channel; each spike adds a key column
     q_code = encoder_q(query.transpose(1, 2).reshape(batch, new, heads * head_dim))
-    keys_t = key.transpose(-1, -2)
-    scores = _drive(q_code, dtype, lambda q: q.unflatten(-1, (heads, head_dim)).transpose(-3, -2) @ keys_t)
-    scores = scores * scaling
+    keys_t = key.transpose(-1, -2)  # [b, kv, d, context]
+
+    def by_query(q: torch.Tensor) -> torch.Tensor:  # [..., b, n, heads * d] -> [..., b, heads, n, context]
+        lead = q.shape[:-2]
+        q = q.view(*lead, new, kv_heads, group, head_dim).movedim(-4, -2)  # [.., kv, group, n, d]
+        scores = q.reshape(*lead[:-1], batch, kv_heads, group * new, head_dim) @ keys_t
+        return scores.view(*lead[:-1], batch, heads, new, context)
+
+    scores = _drive(q_code, dtype, by_query) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
     # The softmax's numerator exp(s - max): in (0, 1], exactly 1 at each row's largest score.
-    weights = torch.exp(scores.float() - scores.float().amax(-1, keepdim=True)).to(dtype)
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
 
     # one neuron per score; each spike adds a value row, and its step weight to the row's normaliser
     w_code = encoder_p(weights.unsqueeze(-1))
-    out = _drive(w_code, dtype, lambda w: w.squeeze(-1) @ value)
-    decoded = w_code.decoded().squeeze(-1).to(dtype)
-    normaliser = decoded.sum(-1, keepdim=True)
-    return (out / normaliser).transpose(1, 2).contiguous(), decoded / normaliser
+
+    def by_value(w: torch.Tensor) -> torch.Tensor:  # [..., b, heads, n, context, 1] -> [..., b, heads, n, d]
+        lead = w.shape[:-5]
+        out = w.view(*lead, batch, kv_heads, group * new, context) @ value
+        return out.view(*lead, batch, heads, new, head_dim)
+
+    out = _drive(w_code, dtype, by_value)
+    decoded = w_code.scaled(dtype) if w_code.train is None else w_code.decoded().to(dtype)
+    normaliser = decoded.sum(-2)  # [b, heads, n, 1]
+    return (out / normaliser).transpose(1, 2).contiguous(), (decoded / normaliser.unsqueeze(-1)).squeeze(-1)
 
 
 AttentionInterface.register(ATTENTION_NAME, spiking_attention_forward)

@@ -213,3 +213,17 @@ def test_the_meter_counts_attention_synops_by_hand_and_no_attention_macs(kind, e
         assert by_name[f"{names[attention]}.{QUERY_ENCODER}"].synops == q_spikes * 9
         assert by_name[f"{names[attention]}.{PROBABILITY_ENCODER}"].synops == p_spikes * (dim + 1)
         assert by_name[f"{names[attention]}.{PROBABILITY_ENCODER}"].neurons == heads * 9
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".pt"])
+def test_an_export_keeps_the_spiking_attention(tmp_path, suffix):
+    from stac import export
+
+    snn = stac.convert(tiny_ann("llama"), ATTN, calibration=tiny_calibration())
+    float_attention = stac.convert(tiny_ann("llama"), calibration=tiny_calibration())
+    path = export.export(snn, tmp_path / f"m{suffix}")
+    ids = _ids(12)
+    with torch.no_grad():
+        logits = export.load(path)(ids)
+        assert torch.allclose(logits, snn(ids).logits, atol=1e-5)
+        assert not torch.allclose(logits, float_attention(ids).logits, atol=1e-5)

@@ -36,7 +36,23 @@ def test_convert_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
     assert report["spiking"]["timesteps"] == 6 and report["encoders"] == 8 + 1  # 4 per block, and the lm_head's
     model = AutoModelForCausalLM.from_pretrained(out)
     assert isinstance(model, stac.StacForCausalLM)
+    assert not model.config.spiking_config.spiking_attention
     assert (out / "tokenizer.json").is_file()
+
+
+def test_convert_script_spikes_the_attention_inputs_on_request(tmp_path):
+    base = tmp_path / "base"
+    tiny_ann("llama").save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    out = tmp_path / "snn"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
+                           "--spiking-attention", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["spiking"]["spiking_attention"] and report["encoders"] == 8 + 1 + 2 * 2  # q and p per block
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.spiking_config.spiking_attention
+    assert not bool((model.model.model.layers[0].self_attn.encoder_q.threshold == 1).all())  # calibrated
 
 
 def test_convert_script_rejects_bad_arguments(tmp_path):
