@@ -157,7 +157,9 @@ def model_card(config: StacConfig, repo_id: str, results: dict | None = None) ->
     rows = [("timesteps T", spiking["timesteps"]), ("spike coding", spiking["coding"]),
             ("threshold margin", spiking["threshold_margin"]),
             ("threshold weighting by column norms", spiking["threshold_weighting"]),
-            ("spiking lm_head", spiking["spiking_head"]), ("minimum threshold", spiking["min_threshold"]),
+            ("spiking lm_head", spiking["spiking_head"]),
+            ("spiking attention inputs (QK^T, AV)", spiking["spiking_attention"]),
+            ("minimum threshold", spiking["min_threshold"]),
             ("engine", spiking["engine"]), ("base architecture", config.text_config.model_type),
             ("STAC format version", config.stac_format_version)]
     lines = [
@@ -165,7 +167,9 @@ def model_card(config: StacConfig, repo_id: str, results: dict | None = None) ->
         "",
         f"A spiking neural network converted from {base_text} by STAC, without training: every weight "
         "matmul inside the decoder blocks is driven by spike trains of integrate-and-fire neurons run for "
-        f"T = {spiking['timesteps']} timesteps, with per-channel thresholds calibrated on real text.",
+        f"T = {spiking['timesteps']} timesteps, with per-channel thresholds calibrated on real text"
+        + ("; so are the attention's own products QK^T and AV (spike-coded queries and softmax weights)."
+           if spiking["spiking_attention"] else "."),
         "",
         "## Conversion parameters",
         "",
