@@ -31,6 +31,7 @@ from .energy import EnergyMeter, EnergyReport, energy_model_for, measure_decode_
 from .evaluation import compare_on_text
 
 # Encoder groups of a Llama-family block (stac.architectures), as used in layer_overrides patterns.
+HEAD_ENCODER = "encoder_head"  # the lm_head's encoder, at the model's root (stac.architectures)
 GROUPS = ("encoder_qkv", "encoder_o", "encoder_gate_up", "encoder_down", "encoder_q", "encoder_p")
 _SHORT = {"rate": "rate", "bitplane": "bp", "signed_digit": "sd"}
 
@@ -43,7 +44,8 @@ def config_name(config: SpikingConfig) -> str:
         group = pattern.rsplit(".", 1)[-1].removeprefix("encoder_")
         name += f"+{group}" + "".join(
             str(_SHORT.get(v, v)) if k == "coding" else (
-                f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else f"m{v:g}"))
+                f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else (
+                    f"mx{v:g}" if k == "threshold_margin_factor" else f"m{v:g}")))
             for k, v in settings.items())
     name += "+head" if config.spiking_head else ""
     name += "+attn" if config.spiking_attention else ""
@@ -61,9 +63,15 @@ def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
     return tuple(overrides)
 
 
+def head_margin_override(factor: float) -> tuple[tuple[str, dict], ...]:
+    """layer_overrides multiplying the lm_head encoder's margin by ``factor`` (none for 1)."""
+    return () if factor == 1 else ((HEAD_ENCODER, {"threshold_margin_factor": factor}),)
+
+
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
-        **groups: int) -> SpikingConfig:
-    return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=group_overrides(**groups),
+        head_margin: float = 1.0, **groups: int) -> SpikingConfig:
+    return SpikingConfig(timesteps=t, threshold_margin=margin,
+                         layer_overrides=group_overrides(**groups) + head_margin_override(head_margin),
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn)
 
 
@@ -92,6 +100,10 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, p=12),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, q=8),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, q=12, p=12),
+    # the lm_head encoder's margin widened (x1.6, x2.4)
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=2.4),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, head_margin=1.6),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -101,17 +113,19 @@ def parse_config(spec: str) -> SpikingConfig:
 
     The lm_head's input spikes unless the groups say ``head=0``; ``w=0.5`` sets ``threshold_weighting``
     (absent: 0, thresholds at margin x max only); ``attn=1`` spike-codes the attention's queries and
-    probabilities (their T: ``q=``, ``p=``).
+    probabilities (their T: ``q=``, ``p=``); ``headm=1.6`` multiplies the lm_head encoder's margin.
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, weighting = {}, 0.0
+    groups, weighting, head_margin = {}, 0.0, 1.0
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
             if group == "w":
                 weighting = float(t)
+            elif group == "headm":
+                head_margin = float(t)
             else:
                 groups[group] = int(t)
     head = groups.pop("head", 1)
@@ -121,7 +135,8 @@ def parse_config(spec: str) -> SpikingConfig:
     if attn not in (0, 1):
         raise ValueError(f"config spec {spec!r}: attn=1 (spike-coded attention inputs) or attn=0 (the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
-                         layer_overrides=group_overrides(**groups), spiking_head=bool(head),
+                         layer_overrides=group_overrides(**groups) + head_margin_override(head_margin),
+                         spiking_head=bool(head),
                          threshold_weighting=weighting, spiking_attention=bool(attn))
 
 
@@ -129,6 +144,9 @@ def config_spec(config: SpikingConfig) -> str:
     """The ``parse_config`` spec of a config whose overrides only set per-group timesteps."""
     groups = []
     for pattern, settings in config.layer_overrides:
+        if pattern == HEAD_ENCODER and set(settings) == {"threshold_margin_factor"}:
+            groups.append(f"headm={settings['threshold_margin_factor']:g}")
+            continue
         if set(settings) != {"timesteps"} or not pattern.startswith("*.encoder_"):
             raise ValueError(f"no spec for override {pattern!r}: {settings}")
         groups.append(f"{pattern.removeprefix('*.encoder_')}={settings['timesteps']}")

@@ -72,6 +72,8 @@ def test_layer_overrides_apply_by_pattern_in_order():
     ([("*", {"leak": 1})], ValueError),
     ([("*", {"timesteps": 0})], ValueError),
     ([("*", {"coding": "morse"})], ValueError),
+    ([("*", {"threshold_margin_factor": 0})], ValueError),
+    ([("*", {"threshold_margin_factor": "2"})], ValueError),
     (["*"], TypeError),
 ])
 def test_invalid_layer_overrides_are_refused(overrides, error):
@@ -90,6 +92,16 @@ def test_the_default_allocates_timesteps_by_measured_sensitivity():
     uniform = SpikingConfig(timesteps=14, layer_overrides=())
     assert uniform.for_encoder("model.layers.4.mlp.encoder_down").timesteps == 14
     assert SpikingConfig(timesteps=1).for_encoder("x.mlp.encoder_gate_up").timesteps == 1
+
+
+def test_the_default_widens_the_lm_head_margin_relative_to_the_base_margin():
+    cfg = SpikingConfig()
+    assert cfg.for_encoder("encoder_head").threshold_margin == 1.6 * cfg.threshold_margin == 8.0
+    assert cfg.for_encoder("model.layers.4.mlp.encoder_gate_up").threshold_margin == cfg.threshold_margin
+    assert SpikingConfig(threshold_margin=4.0).for_encoder("encoder_head").threshold_margin == pytest.approx(6.4)
+    both = SpikingConfig(layer_overrides=[("encoder_head", {"threshold_margin": 3.0, "threshold_margin_factor": 2.0})])
+    assert both.for_encoder("encoder_head").threshold_margin == 6.0
+    assert SpikingConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_a_non_integer_timestep_offset_is_refused():

@@ -65,8 +65,8 @@ def test_layer_overrides_reach_the_encoders_and_survive_save_and_load(kind, tmp_
     ann = tiny_ann(kind)
     cfg = stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0,
                              layer_overrides=[("*.1.*", {"timesteps": 10, "threshold_margin": 2.0})])
-    plain = stac.convert(ann, stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0),
-                         calibration=tiny_calibration())
+    plain = stac.convert(ann, stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0,
+                                                 layer_overrides=()), calibration=tiny_calibration())
     snn = stac.convert(ann, cfg, calibration=tiny_calibration())
     for name, enc in snn.encoders.items():
         second_block = ".1." in name
@@ -76,3 +76,13 @@ def test_layer_overrides_reach_the_encoders_and_survive_save_and_load(kind, tmp_
     snn.save_pretrained(tmp_path / "snn")
     again = stac.StacForCausalLM.from_pretrained(tmp_path / "snn")
     assert [e.coding.timesteps for e in again.encoders.values()] == [e.coding.timesteps for e in snn.encoders.values()]
+
+
+def test_the_lm_head_encoder_gets_the_default_wider_margin(kind):
+    ann, cal = tiny_ann(kind), tiny_calibration()
+    default = stac.SpikingConfig(threshold_weighting=0.0)
+    plain = default.replace(layer_overrides=tuple(o for o in default.layer_overrides if o[0] != "encoder_head"))
+    wide, narrow = stac.convert(ann, default, calibration=cal), stac.convert(ann, plain, calibration=cal)
+    for name, enc in wide.encoders.items():
+        factor = 1.6 if name.endswith("encoder_head") else 1.0
+        torch.testing.assert_close(enc.threshold, narrow.encoders[name].threshold * factor)
