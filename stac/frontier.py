@@ -68,10 +68,16 @@ def head_margin_override(factor: float) -> tuple[tuple[str, dict], ...]:
     return () if factor == 1 else ((HEAD_ENCODER, {"threshold_margin_factor": factor}),)
 
 
+def margin_overrides(**factors: float) -> tuple[tuple[str, dict], ...]:
+    """layer_overrides multiplying each named group's margin: ``margin_overrides(down=4)``."""
+    group_overrides(**{g: 1 for g in factors})  # same names as for timesteps
+    return tuple((f"*.encoder_{g}", {"threshold_margin_factor": f}) for g, f in factors.items())
+
+
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
-        head_margin: float = 1.0, **groups: int) -> SpikingConfig:
-    return SpikingConfig(timesteps=t, threshold_margin=margin,
-                         layer_overrides=group_overrides(**groups) + head_margin_override(head_margin),
+        head_margin: float = 1.0, margins: dict[str, float] | None = None, **groups: int) -> SpikingConfig:
+    overrides = group_overrides(**groups) + margin_overrides(**(margins or {})) + head_margin_override(head_margin)
+    return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn)
 
 
@@ -104,6 +110,11 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=2.4),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, attn=True, head_margin=1.6),
+    # the down_proj input's range widened: one more step with twice the margin (same step), or with
+    # four times the margin (twice the step)
+    _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 2.0}),
+    _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}),
+    _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, attn=True),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -113,12 +124,13 @@ def parse_config(spec: str) -> SpikingConfig:
 
     The lm_head's input spikes unless the groups say ``head=0``; ``w=0.5`` sets ``threshold_weighting``
     (absent: 0, thresholds at margin x max only); ``attn=1`` spike-codes the attention's queries and
-    probabilities (their T: ``q=``, ``p=``); ``headm=1.6`` multiplies the lm_head encoder's margin.
+    probabilities (their T: ``q=``, ``p=``); ``headm=1.6``, ``downm=4`` multiply the lm_head encoder's or a
+    group's margin.
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, weighting, head_margin = {}, 0.0, 1.0
+    groups, margins, weighting, head_margin = {}, {}, 0.0, 1.0
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
@@ -126,6 +138,8 @@ def parse_config(spec: str) -> SpikingConfig:
                 weighting = float(t)
             elif group == "headm":
                 head_margin = float(t)
+            elif group.endswith("m") and group[:-1] and f"encoder_{group[:-1]}" in GROUPS:
+                margins[group[:-1]] = float(t)
             else:
                 groups[group] = int(t)
     head = groups.pop("head", 1)
@@ -135,7 +149,8 @@ def parse_config(spec: str) -> SpikingConfig:
     if attn not in (0, 1):
         raise ValueError(f"config spec {spec!r}: attn=1 (spike-coded attention inputs) or attn=0 (the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
-                         layer_overrides=group_overrides(**groups) + head_margin_override(head_margin),
+                         layer_overrides=(group_overrides(**groups) + margin_overrides(**margins)
+                                          + head_margin_override(head_margin)),
                          spiking_head=bool(head),
                          threshold_weighting=weighting, spiking_attention=bool(attn))
 
@@ -146,6 +161,9 @@ def config_spec(config: SpikingConfig) -> str:
     for pattern, settings in config.layer_overrides:
         if pattern == HEAD_ENCODER and set(settings) == {"threshold_margin_factor"}:
             groups.append(f"headm={settings['threshold_margin_factor']:g}")
+            continue
+        if pattern.startswith("*.encoder_") and set(settings) == {"threshold_margin_factor"}:
+            groups.append(f"{pattern.removeprefix('*.encoder_')}m={settings['threshold_margin_factor']:g}")
             continue
         if set(settings) != {"timesteps"} or not pattern.startswith("*.encoder_"):
             raise ValueError(f"no spec for override {pattern!r}: {settings}")

@@ -65,12 +65,18 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
                                                                                threshold_weighting=0.0,
                                                                                layer_overrides=())}
     assert select_configs(None) == PRESETS
-    assert config_name(stac.SpikingConfig()) == "sd-T10-m5+down+2+proj+2+gate_up-1+fc-1+headmx1.6+head+w0.5"
-    assert config_name(stac.SpikingConfig(spiking_head=False)) == "sd-T10-m5+down+2+proj+2+gate_up-1+fc-1+headmx1.6+w0.5"
+    assert config_name(stac.SpikingConfig()) == "sd-T10-m5+down+3mx4+proj+3mx4+gate_up-1+fc-1+headmx1.6+head+w0.5"
+    assert config_name(stac.SpikingConfig(spiking_head=False)) == "sd-T10-m5+down+3mx4+proj+3mx4+gate_up-1+fc-1+headmx1.6+w0.5"
     with pytest.raises(ValueError, match="no preset matches"):
         select_configs(["sd-T99-*"])
     with pytest.raises(ValueError, match="unknown encoder group"):
         group_overrides(lm_head=4)
+    wide = parse_config("signed_digit:10:5:down=13,downm=4,headm=1.6")
+    down, head = wide.for_encoder("model.layers.2.mlp.encoder_down"), wide.for_encoder("encoder_head")
+    assert (down.timesteps, down.threshold_margin, head.threshold_margin) == (13, 20.0, 8.0)
+    assert parse_config(config_spec(wide)) == wide
+    with pytest.raises(ValueError, match="unknown encoder group"):
+        parse_config("signed_digit:10:5:lm_headm=2")
 
 
 def test_group_overrides_give_each_group_of_every_block_its_own_timesteps():
