@@ -14,15 +14,12 @@ OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "th
 
 # The default per-layer allocation of timesteps and margins, chosen by measured sensitivity (docs/levers.md):
 # the input of the MLP's output projection (Llama down_proj, GPT-2 mlp.c_proj) carries the model's outlier
-# activations and gets three more steps and a wider range; the MLP's input (gate/up, GPT-2 c_fc) costs
+# activations and gets two more steps; the MLP's input (gate/up, GPT-2 c_fc) costs
 # most energy and tolerates one step less. Offsets and factors are relative, so SpikingConfig(timesteps=N,
 # threshold_margin=M) scales the whole allocation.
 DEFAULT_LAYER_OVERRIDES = (
-    # +3 steps and a 4x margin: twice the step of the base T and margin, eight times the range. Values of
-    # unseen text beyond 5x the calibration maximum were clipped and made most of this input's rounding
-    # error (docs/levers.md (k)); measured on SmolLM2, applied to GPT-2's c_proj input by analogy.
-    ("*.mlp.encoder_down", {"timestep_offset": 3, "threshold_margin_factor": 4.0}),
-    ("*.mlp.encoder_proj", {"timestep_offset": 3, "threshold_margin_factor": 4.0}),
+    ("*.mlp.encoder_down", {"timestep_offset": 2}),
+    ("*.mlp.encoder_proj", {"timestep_offset": 2}),
     ("*.mlp.encoder_gate_up", {"timestep_offset": -1}),
     ("*.mlp.encoder_fc", {"timestep_offset": -1}),
     # The lm_head's input: a 1.6x wider margin (8 at the default 5) fires 9% fewer spikes there with no

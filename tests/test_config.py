@@ -83,13 +83,12 @@ def test_invalid_layer_overrides_are_refused(overrides, error):
 
 def test_the_default_allocates_timesteps_by_measured_sensitivity():
     cfg = SpikingConfig()
-    assert cfg.for_encoder("model.layers.4.mlp.encoder_down").timesteps == cfg.timesteps + 3
-    assert cfg.for_encoder("model.layers.4.mlp.encoder_down").threshold_margin == 4 * cfg.threshold_margin
+    assert cfg.for_encoder("model.layers.4.mlp.encoder_down").timesteps == cfg.timesteps + 2
     assert cfg.for_encoder("model.layers.4.mlp.encoder_gate_up").timesteps == cfg.timesteps - 1
     assert cfg.for_encoder("model.layers.4.self_attn.encoder_qkv").timesteps == cfg.timesteps
-    assert cfg.for_encoder("transformer.h.0.mlp.encoder_proj").timesteps == cfg.timesteps + 3
+    assert cfg.for_encoder("transformer.h.0.mlp.encoder_proj").timesteps == cfg.timesteps + 2
     scaled = SpikingConfig(timesteps=14)
-    assert scaled.for_encoder("model.layers.4.mlp.encoder_down").timesteps == 17
+    assert scaled.for_encoder("model.layers.4.mlp.encoder_down").timesteps == 16
     uniform = SpikingConfig(timesteps=14, layer_overrides=())
     assert uniform.for_encoder("model.layers.4.mlp.encoder_down").timesteps == 14
     assert SpikingConfig(timesteps=1).for_encoder("x.mlp.encoder_gate_up").timesteps == 1

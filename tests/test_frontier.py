@@ -65,8 +65,8 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
                                                                                threshold_weighting=0.0,
                                                                                layer_overrides=())}
     assert select_configs(None) == PRESETS
-    assert config_name(stac.SpikingConfig()) == "sd-T10-m5+down+3mx4+proj+3mx4+gate_up-1+fc-1+headmx1.6+head+w0.5"
-    assert config_name(stac.SpikingConfig(spiking_head=False)) == "sd-T10-m5+down+3mx4+proj+3mx4+gate_up-1+fc-1+headmx1.6+w0.5"
+    assert config_name(stac.SpikingConfig()) == "sd-T10-m5+down+2+proj+2+gate_up-1+fc-1+headmx1.6+head+w0.5"
+    assert config_name(stac.SpikingConfig(spiking_head=False)) == "sd-T10-m5+down+2+proj+2+gate_up-1+fc-1+headmx1.6+w0.5"
     with pytest.raises(ValueError, match="no preset matches"):
         select_configs(["sd-T99-*"])
     with pytest.raises(ValueError, match="unknown encoder group"):
