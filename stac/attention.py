@@ -47,12 +47,8 @@ PROBABILITY_THRESHOLD = 1.0
 def _drive(code, dtype: torch.dtype, product: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``product`` (linear in its input) applied to what a spike code delivers: levels * unit, or each
     step's spikes * unit weighted by the step weights and summed."""
-    x = code.scaled(dtype)
-    out = product(x)
-    if code.train is None:
-        return out
-    steps = out.shape[0]
-    return (code.step_weights.to(out.dtype) @ out.reshape(steps, -1)).view(out.shape[1:])
+    out = product(code.scaled(dtype))
+    return out if code.train is None else code.sum_steps(out)
 
 
 def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

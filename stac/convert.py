@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 
 from . import thresholds
 from .architectures import architecture_for, synapse_weights
-from .attention import PROBABILITY_ENCODER, PROBABILITY_THRESHOLD
+from .attention import PROBABILITY_ENCODER
 from .calibration import channel_max, default_calibration
 from .config import SpikingConfig
 from .configuration_stac import StacConfig
@@ -66,8 +66,7 @@ def convert(model: PreTrainedModel, config: SpikingConfig | None = None, calibra
     for name, encoder in snn.encoders.items():
         base_name = name.removeprefix("model.")
         if base_name.endswith(f".{PROBABILITY_ENCODER}"):
-            encoder.threshold.fill_(PROBABILITY_THRESHOLD)  # probabilities: no calibration needed
-            continue
+            continue  # threshold fixed at 1 by spikify: nothing to calibrate
         margin = config.for_encoder(base_name).threshold_margin
         threshold = thresholds.calibrated(stats[base_name], margin, config.min_threshold)
         if config.threshold_weighting and encoder in consumers:  # query encoders drive keys, not weights

@@ -368,8 +368,8 @@ class EnergyMeter:
                 s = self._tally(self._names[encoder], "spiking")
                 s.synops += spikes * fan_out
                 s.elementwise_ops += accumulators * _accumulator_steps(code)
-            t.elementwise_ops += (SPIKING_SOFTMAX_OPS - SOFTMAX_OPS) * scores + outputs
-        t.elementwise_ops += SOFTMAX_OPS * scores
+            t.elementwise_ops += outputs  # the division by the normaliser
+        t.elementwise_ops += (SOFTMAX_OPS if encoder_q is None else SPIKING_SOFTMAX_OPS) * scores
         if self.layout.rotary:
             t.elementwise_ops += ROPE_OPS * batch * new * (self._heads + self._kv_heads) * self._head_dim
 

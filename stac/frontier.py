@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .architectures import architecture_for
+from .architectures import ARCHITECTURES, architecture_for
 from .attention import PROBABILITY_ENCODER, QUERY_ENCODER
 from .calibration import channel_max
 from .config import SpikingConfig
@@ -31,7 +31,7 @@ from .energy import EnergyMeter, EnergyReport, energy_model_for, measure_decode_
 from .evaluation import compare_on_text
 
 # Encoder groups of a Llama-family block (stac.architectures), as used in layer_overrides patterns.
-HEAD_ENCODER = "encoder_head"  # the lm_head's encoder, at the model's root (stac.architectures)
+HEAD_ENCODER = ARCHITECTURES["llama"].head.name  # the lm_head's encoder, at the model's root
 GROUPS = ("encoder_qkv", "encoder_o", "encoder_gate_up", "encoder_down", "encoder_q", "encoder_p")
 _SHORT = {"rate": "rate", "bitplane": "bp", "signed_digit": "sd"}
 
@@ -63,20 +63,23 @@ def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
     return tuple(overrides)
 
 
-def head_margin_override(factor: float) -> tuple[tuple[str, dict], ...]:
-    """layer_overrides multiplying the lm_head encoder's margin by ``factor`` (none for 1)."""
-    return () if factor == 1 else ((HEAD_ENCODER, {"threshold_margin_factor": factor}),)
+def _margin_pattern(group: str) -> str:
+    """The layer_overrides pattern of a group's (or, for ``head``, the lm_head encoder's) margin factor."""
+    if group == "head":
+        return HEAD_ENCODER
+    group_overrides(**{group: 1})  # the same names as for timesteps
+    return f"*.encoder_{group}"
 
 
 def margin_overrides(**factors: float) -> tuple[tuple[str, dict], ...]:
-    """layer_overrides multiplying each named group's margin: ``margin_overrides(down=4)``."""
-    group_overrides(**{g: 1 for g in factors})  # same names as for timesteps
-    return tuple((f"*.encoder_{g}", {"threshold_margin_factor": f}) for g, f in factors.items())
+    """layer_overrides multiplying each named group's margin: ``margin_overrides(down=4, head=1.6)``."""
+    return tuple((_margin_pattern(g), {"threshold_margin_factor": f}) for g, f in factors.items())
 
 
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
         head_margin: float = 1.0, margins: dict[str, float] | None = None, **groups: int) -> SpikingConfig:
-    overrides = group_overrides(**groups) + margin_overrides(**(margins or {})) + head_margin_override(head_margin)
+    margins = {**(margins or {}), **({"head": head_margin} if head_margin != 1 else {})}
+    overrides = group_overrides(**groups) + margin_overrides(**margins)
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn)
 
@@ -130,15 +133,13 @@ def parse_config(spec: str) -> SpikingConfig:
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, margins, weighting, head_margin = {}, {}, 0.0, 1.0
+    groups, margins, weighting = {}, {}, 0.0
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
             if group == "w":
                 weighting = float(t)
-            elif group == "headm":
-                head_margin = float(t)
-            elif group.endswith("m") and group[:-1] and f"encoder_{group[:-1]}" in GROUPS:
+            elif group.endswith("m") and (group[:-1] == "head" or f"encoder_{group[:-1]}" in GROUPS):
                 margins[group[:-1]] = float(t)
             else:
                 groups[group] = int(t)
@@ -149,8 +150,7 @@ def parse_config(spec: str) -> SpikingConfig:
     if attn not in (0, 1):
         raise ValueError(f"config spec {spec!r}: attn=1 (spike-coded attention inputs) or attn=0 (the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
-                         layer_overrides=(group_overrides(**groups) + margin_overrides(**margins)
-                                          + head_margin_override(head_margin)),
+                         layer_overrides=group_overrides(**groups) + margin_overrides(**margins),
                          spiking_head=bool(head),
                          threshold_weighting=weighting, spiking_attention=bool(attn))
 
@@ -159,11 +159,9 @@ def config_spec(config: SpikingConfig) -> str:
     """The ``parse_config`` spec of a config whose overrides only set per-group timesteps."""
     groups = []
     for pattern, settings in config.layer_overrides:
-        if pattern == HEAD_ENCODER and set(settings) == {"threshold_margin_factor"}:
-            groups.append(f"headm={settings['threshold_margin_factor']:g}")
-            continue
-        if pattern.startswith("*.encoder_") and set(settings) == {"threshold_margin_factor"}:
-            groups.append(f"{pattern.removeprefix('*.encoder_')}m={settings['threshold_margin_factor']:g}")
+        if set(settings) == {"threshold_margin_factor"} and (pattern == HEAD_ENCODER or pattern.startswith("*.encoder_")):
+            group = "head" if pattern == HEAD_ENCODER else pattern.removeprefix("*.encoder_")
+            groups.append(f"{group}m={settings['threshold_margin_factor']:g}")
             continue
         if set(settings) != {"timesteps"} or not pattern.startswith("*.encoder_"):
             raise ValueError(f"no spec for override {pattern!r}: {settings}")

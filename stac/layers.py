@@ -57,6 +57,11 @@ class SpikeCode:
             self._scaled = source.to(dtype) * self.unit.to(dtype)
         return self._scaled
 
+    def sum_steps(self, per_step: torch.Tensor) -> torch.Tensor:
+        """sum_t step_weight[t] * per_step[t] for a [T, ...] tensor, as one [T] x [T, rest] product."""
+        steps = per_step.shape[0]
+        return (self.step_weights.to(per_step.dtype) @ per_step.reshape(steps, -1)).view(per_step.shape[1:])
+
     def decoded(self) -> torch.Tensor:
         """The value the synapses see, x_hat = unit * levels."""
         return self.integer_levels() * self.unit
@@ -215,9 +220,7 @@ class SpikingLinear(nn.Module):
             per_step = base(code.scaled(dtype))
             if bias is not None:
                 per_step = per_step - bias
-            steps = per_step.shape[0]
-            # sum_t w_t * per_step[t], as one [T] x [T, rest] product
-            out = (code.step_weights.to(per_step.dtype) @ per_step.reshape(steps, -1)).view(per_step.shape[1:])
+            out = code.sum_steps(per_step)
         return out if bias is None else out + bias
 
     @staticmethod
