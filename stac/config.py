@@ -10,6 +10,10 @@ from typing import Any
 from .coding import CODINGS, make_coding
 
 ENGINES = ("closed_form", "time_stepped")
+# How thresholds are set from calibration: "margin" (margin x max, optionally weighted by column norms) or
+# "sensitivity" (each channel's step from the output's measured sensitivity under a KL budget,
+# stac.thresholds.sensitivity_thresholds; docs/levers.md (l)).
+THRESHOLD_RULES = ("margin", "sensitivity")
 OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "threshold_margin_factor")
 
 # The default per-layer allocation of timesteps and margins, chosen by measured sensitivity (docs/levers.md):
@@ -74,6 +78,12 @@ class SpikingConfig:
     # probabilities into AV (stac.attention; docs/levers.md (h)). Older checkpoints lack the key; from_dict
     # reads it as False.
     spiking_attention: bool = False
+    # "margin": thresholds as above. "sensitivity": every channel's step from the diagonal Fisher
+    # information of the ANN's output (stac.sensitivity), the fewest synaptic ops for a predicted KL of
+    # kl_budget per position; threshold_margin (with its overrides) is then the floor, in multiples of the
+    # calibration maximum, and threshold_weighting is not used. Older checkpoints lack both keys.
+    threshold_rule: str = "margin"
+    kl_budget: float = 0.0015
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
     # Per-encoder settings, applied in order (later wins): (glob over encoder names such as
     # "model.layers.*.mlp.encoder_down", {"timesteps" or "timestep_offset": .., "coding": ..,
@@ -82,11 +92,11 @@ class SpikingConfig:
     layer_overrides: tuple[tuple[str, dict], ...] = DEFAULT_LAYER_OVERRIDES
 
     def __post_init__(self):
-        for name, kind in (("timesteps", int), ("coding", str), ("engine", str)):
+        for name, kind in (("timesteps", int), ("coding", str), ("engine", str), ("threshold_rule", str)):
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise TypeError(f"SpikingConfig.{name} must be {kind.__name__}, got {value!r}")
-        for name in ("threshold_margin", "min_threshold"):
+        for name in ("threshold_margin", "min_threshold", "kl_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"SpikingConfig.{name} must be a number, got {value!r}")
@@ -94,6 +104,8 @@ class SpikingConfig:
                 raise ValueError(f"SpikingConfig.{name} must be a positive finite number, got {value!r}")
         if self.coding not in CODINGS:
             raise ValueError(f"unknown spike coding {self.coding!r}; known codings: {sorted(CODINGS)}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ValueError(f"unknown threshold rule {self.threshold_rule!r}; known rules: {list(THRESHOLD_RULES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; known engines: {list(ENGINES)}")
         make_coding(self.coding, self.timesteps)  # range-checks T for this coding
@@ -170,7 +182,8 @@ class SpikingConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown spiking config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False, **d})
+        return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False,
+                      "threshold_rule": "margin", **d})
 
     def replace(self, **changes) -> "SpikingConfig":
         return dataclasses.replace(self, **changes)

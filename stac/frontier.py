@@ -29,6 +29,7 @@ from .convert import convert
 from .data import read_text
 from .energy import EnergyMeter, EnergyReport, energy_model_for, measure_decode_step
 from .evaluation import compare_on_text
+from .sensitivity import Sensitivity, fisher_diagonal
 
 # Encoder groups of a Llama-family block (stac.architectures), as used in layer_overrides patterns.
 HEAD_ENCODER = ARCHITECTURES["llama"].head.name  # the lm_head's encoder, at the model's root
@@ -49,6 +50,7 @@ def config_name(config: SpikingConfig) -> str:
             for k, v in settings.items())
     name += "+head" if config.spiking_head else ""
     name += "+attn" if config.spiking_attention else ""
+    name += f"+kl{config.kl_budget:g}" if config.threshold_rule == "sensitivity" else ""
     return name + (f"+w{config.threshold_weighting:g}" if config.threshold_weighting else "")
 
 
@@ -128,17 +130,20 @@ def parse_config(spec: str) -> SpikingConfig:
     The lm_head's input spikes unless the groups say ``head=0``; ``w=0.5`` sets ``threshold_weighting``
     (absent: 0, thresholds at margin x max only); ``attn=1`` spike-codes the attention's queries and
     probabilities (their T: ``q=``, ``p=``); ``headm=1.6``, ``downm=4`` multiply the lm_head encoder's or a
-    group's margin.
+    group's margin; ``kl=0.0015`` sets thresholds by sensitivity under that KL budget (the margin is then
+    the floor).
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, margins, weighting = {}, {}, 0.0
+    groups, margins, weighting, budget = {}, {}, 0.0, None
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
             if group == "w":
                 weighting = float(t)
+            elif group == "kl":
+                budget = float(t)
             elif group.endswith("m") and (group[:-1] == "head" or f"encoder_{group[:-1]}" in GROUPS):
                 margins[group[:-1]] = float(t)
             else:
@@ -152,7 +157,8 @@ def parse_config(spec: str) -> SpikingConfig:
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
                          layer_overrides=group_overrides(**groups) + margin_overrides(**margins),
                          spiking_head=bool(head),
-                         threshold_weighting=weighting, spiking_attention=bool(attn))
+                         threshold_weighting=weighting, spiking_attention=bool(attn),
+                         **({"threshold_rule": "sensitivity", "kl_budget": budget} if budget is not None else {}))
 
 
 def config_spec(config: SpikingConfig) -> str:
@@ -172,6 +178,8 @@ def config_spec(config: SpikingConfig) -> str:
         groups.append(f"w={config.threshold_weighting:g}")
     if config.spiking_attention:
         groups.append("attn=1")
+    if config.threshold_rule == "sensitivity":
+        groups.append(f"kl={config.kl_budget:g}")
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 
@@ -227,13 +235,15 @@ def calibrate(ann, calibration: Sequence[torch.Tensor]) -> dict[str, torch.Tenso
     return channel_max(ann, architecture_for(ann.config.model_type), list(calibration))
 
 
-def convert_calibrated(ann, config: SpikingConfig, stats: dict[str, torch.Tensor]):
-    """``convert(ann, config, calibration)`` for ``stats = calibrate(ann, calibration)``, without running
-    the calibration text again: thresholds are set from ``stats`` exactly as ``convert`` sets them.
+def convert_calibrated(ann, config: SpikingConfig, stats: dict[str, torch.Tensor],
+                       sensitivity: Sensitivity | None = None):
+    """``convert(ann, config, calibration)`` for ``stats = calibrate(ann, calibration)`` (and, for
+    ``threshold_rule="sensitivity"``, ``sensitivity = fisher_diagonal(ann, arch, calibration)``), without
+    running the calibration text again: thresholds are set exactly as ``convert`` sets them.
 
     Calibration is most of a conversion's time; a sweep needs it once, not once per config.
     """
-    return convert(ann, config, stats=stats)
+    return convert(ann, config, stats=stats, sensitivity=sensitivity)
 
 
 # ----- measuring one config ----------------------------------------------------------------------------
@@ -327,7 +337,7 @@ def run_sweep(ann, tokenizer, configs: dict[str, SpikingConfig], calibration: li
     # Rows logged by older versions lack newer config keys; SpikingConfig.from_dict fills them as they were.
     previous = {(r["name"], json.dumps(SpikingConfig.from_dict(r["spiking"]).to_dict(), sort_keys=True)): r
                 for r in done}
-    stats = None
+    stats = sensitivity = None
     rows = []
     for name, config in configs.items():
         key = (name, json.dumps(config.to_dict(), sort_keys=True))
@@ -337,7 +347,9 @@ def run_sweep(ann, tokenizer, configs: dict[str, SpikingConfig], calibration: li
             rows.append(old)
             continue
         stats = stats if stats is not None else calibrate(ann, calibration)
-        snn = convert_calibrated(ann, config, stats)
+        if config.threshold_rule == "sensitivity" and sensitivity is None:
+            sensitivity = fisher_diagonal(ann, architecture_for(ann.config.model_type), list(calibration))
+        snn = convert_calibrated(ann, config, stats, sensitivity)
         row = {"name": name, "model": ann.config.name_or_path, "spiking": config.to_dict(), "text": text,
                "n_tokens": n_tokens,
                **measure(ann, snn, tokenizer, ann_step, energy_ids, text, n_tokens, context)}

@@ -49,3 +49,55 @@ def weighted(threshold: torch.Tensor, norms: torch.Tensor, alpha: float, margin:
     moved = torch.maximum(moved, floor)
     moved = moved * torch.exp(threshold.log().mean() - moved.log().mean())
     return torch.maximum(moved, floor)
+
+
+def predicted_kl(fisher: torch.Tensor, mean_square: torch.Tensor, step: torch.Tensor) -> float:
+    """1/2 sum_c F_c min(step_c^2 / 12, E[x_c^2]): the KL per position that rounding with ``step`` adds
+    (stac.sensitivity), to second order."""
+    noise = torch.minimum(step.double() ** 2 / 12, mean_square.double())
+    return 0.5 * float((fisher.double() * noise).sum())
+
+
+def sensitivity_thresholds(fisher: dict[str, torch.Tensor], mean_square: dict[str, torch.Tensor],
+                           fanout: dict[str, int], floor: dict[str, torch.Tensor], max_level: dict[str, int],
+                           kl_budget: float) -> tuple[dict[str, torch.Tensor], float]:
+    """Thresholds that spend the fewest synaptic ops for a predicted KL of ``kl_budget``.
+
+    A channel's spikes fall by about a third per doubling of its step D_c and each costs its fan-out;
+    its share of the KL grows as F_c D_c^2. Minimising synaptic ops for a given KL (a Lagrange multiplier
+    over all channels of all encoders) gives D_c = k sqrt(fanout / F_c), one k for the whole model, found by
+    bisection so that the predicted KL meets the budget. The threshold is D_c times the encoder's largest
+    level, and never below ``floor`` (margin x the calibration maximum: no value near what calibration saw
+    is clipped). Returns the thresholds by encoder and the predicted KL.
+    """
+    if not kl_budget > 0:
+        raise ValueError(f"kl_budget must be positive, got {kl_budget!r}")
+    names = list(floor)
+    shape = {n: torch.sqrt(fanout[n] / fisher[n].double().clamp_min(1e-30)) for n in names}
+
+    def at(k: float) -> tuple[dict[str, torch.Tensor], float]:
+        th = {n: torch.maximum(k * shape[n] * max_level[n], floor[n].double()) for n in names}
+        kl = sum(predicted_kl(fisher[n], mean_square[n], th[n] / max_level[n]) for n in names)
+        return th, kl
+
+    finest = at(0.0)
+    if finest[1] > kl_budget:
+        raise ValueError(
+            f"kl_budget {kl_budget:g} is below the smallest predicted KL reachable with these timesteps and "
+            f"margins ({finest[1]:.3g}, every threshold at its floor): raise the budget or the timesteps, or "
+            f"lower threshold_margin")
+    lo, hi = 0.0, 1.0  # invariant once found: KL(lo) <= budget < KL(hi); KL grows with k
+    while at(hi)[1] <= kl_budget:
+        lo, hi = hi, hi * 16
+        if hi > 1e30:
+            raise ValueError(f"kl_budget {kl_budget:g} is so large that every encoder could stay silent")
+    for _ in range(300):
+        mid = (lo * hi) ** 0.5 if lo > 0 else hi / 16
+        if at(mid)[1] <= kl_budget:
+            lo = mid
+        else:
+            hi = mid
+        if lo > 0 and hi / lo < 1 + 1e-6:
+            break
+    th, kl = at(lo)
+    return {n: t.float() for n, t in th.items()}, kl
