@@ -23,11 +23,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=stac.EMBEDDED,
                    help="ANN (`embedded`, Hub id or local dir) to convert, or a converted STAC checkpoint dir")
     p.add_argument("--base", help="the base ANN of a STAC checkpoint given as --model")
-    p.add_argument("--timesteps", type=int, default=stac.SpikingConfig.timesteps,
-                   help="T, when converting on the fly (the default per-layer offsets apply)")
+    p.add_argument("--timesteps", type=int,
+                   help=f"T, when converting on the fly (default {stac.SpikingConfig.timesteps}, with the default "
+                        "per-layer offsets; 12 with --kl-budget)")
     p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
-    p.add_argument("--margin", type=float, default=stac.SpikingConfig.threshold_margin,
-                   help="threshold margin, when converting on the fly")
+    p.add_argument("--margin", type=float,
+                   help=f"threshold margin, when converting on the fly (default "
+                        f"{stac.SpikingConfig.threshold_margin:g}; with --kl-budget the floor, default 2)")
+    p.add_argument("--kl-budget", type=float,
+                   help="set every channel's threshold from the ANN's measured sensitivity, for this predicted "
+                        "KL per token (stac.sensitivity; docs/levers.md (l)), instead of margin x max")
     p.add_argument("--spiking-attention", action="store_true",
                    help="spike-code the attention's queries and softmax weights too (stac.attention)")
     p.add_argument("--text-file", default="lee_background", help="evaluation text: corpus name or path")
@@ -43,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    spiking = stac.SpikingConfig(timesteps=args.timesteps, coding=args.coding, threshold_margin=args.margin,
-                                  spiking_attention=args.spiking_attention)
+    spiking = stac.SpikingConfig.from_options(timesteps=args.timesteps, coding=args.coding, margin=args.margin,
+                                              kl_budget=args.kl_budget, spiking_attention=args.spiking_attention)
     ann, snn, tokenizer = load_pair(args.model, args.base, spiking, progress=sys.stderr.isatty())
     result = evaluate(ann, snn, tokenizer, text=args.text_file, n_tokens=args.tokens,
                       chats=load_chats(args.chat_file), energy_model=args.energy_model, context=args.context,

@@ -185,5 +185,25 @@ class SpikingConfig:
         return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False,
                       "threshold_rule": "margin", **d})
 
+    @classmethod
+    def by_sensitivity(cls, kl_budget: float, timesteps: int = 12, threshold_margin: float = 2.0,
+                       **changes) -> "SpikingConfig":
+        """Thresholds from the output's measured sensitivity for a predicted KL of ``kl_budget`` per
+        position, shaped as measured in docs/levers.md (l): T=12 for every encoder (it only sets the
+        range: the steps come from the budget), thresholds never below 2x the calibration maximum, and no
+        per-group overrides (the rule allocates per channel)."""
+        return cls(threshold_rule="sensitivity", kl_budget=kl_budget, timesteps=timesteps,
+                   threshold_margin=threshold_margin, **{"layer_overrides": (), **changes})
+
+    @classmethod
+    def from_options(cls, timesteps: int | None = None, coding: str = "signed_digit", margin: float | None = None,
+                     kl_budget: float | None = None, spiking_attention: bool = False) -> "SpikingConfig":
+        """The config the scripts' options ask for: the default (or ``by_sensitivity`` with a KL budget),
+        with T and margin replaced where given."""
+        given = {k: v for k, v in (("timesteps", timesteps), ("threshold_margin", margin)) if v is not None}
+        if kl_budget is not None:
+            return cls.by_sensitivity(kl_budget, coding=coding, spiking_attention=spiking_attention, **given)
+        return cls(coding=coding, spiking_attention=spiking_attention, **given)
+
     def replace(self, **changes) -> "SpikingConfig":
         return dataclasses.replace(self, **changes)

@@ -157,6 +157,8 @@ def model_card(config: StacConfig, repo_id: str, results: dict | None = None) ->
     rows = [("timesteps T", spiking["timesteps"]), ("spike coding", spiking["coding"]),
             ("threshold margin", spiking["threshold_margin"]),
             ("threshold weighting by column norms", spiking["threshold_weighting"]),
+            *([("thresholds by measured sensitivity, predicted KL budget", spiking["kl_budget"])]
+              if spiking.get("threshold_rule") == "sensitivity" else []),
             ("spiking lm_head", spiking["spiking_head"]),
             ("spiking attention inputs (QK^T, AV)", spiking["spiking_attention"]),
             ("minimum threshold", spiking["min_threshold"]),

@@ -55,6 +55,32 @@ def test_convert_script_spikes_the_attention_inputs_on_request(tmp_path):
     assert not bool((model.model.model.layers[0].self_attn.encoder_q.threshold == 1).all())  # calibrated
 
 
+def test_convert_script_sets_thresholds_by_sensitivity_under_a_kl_budget(tmp_path):
+    base = tmp_path / "base"
+    tiny_ann("llama").save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    out = tmp_path / "snn"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
+                           "--kl-budget", "0.02", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    spiking = json.loads(proc.stdout)["spiking"]
+    assert (spiking["threshold_rule"], spiking["kl_budget"], spiking["timesteps"], spiking["threshold_margin"],
+            spiking["layer_overrides"]) == ("sensitivity", 0.02, 12, 2.0, [])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.spiking_config == stac.SpikingConfig.by_sensitivity(0.02)
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
+                          "--kl-budget", "-1", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "kl_budget" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_script_options_build_the_default_or_the_sensitivity_config():
+    assert stac.SpikingConfig.from_options() == stac.SpikingConfig()
+    assert stac.SpikingConfig.from_options(timesteps=8, margin=3.0) == stac.SpikingConfig(timesteps=8, threshold_margin=3.0)
+    c = stac.SpikingConfig.from_options(kl_budget=0.002, margin=4.0, spiking_attention=True)
+    assert c == stac.SpikingConfig.by_sensitivity(0.002, threshold_margin=4.0, spiking_attention=True)
+    assert (c.threshold_rule, c.timesteps, c.layer_overrides) == ("sensitivity", 12, ())
+
+
 def test_convert_script_rejects_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", "embedded",
                            "--timesteps", "0", "--out", str(tmp_path / "x")], capture_output=True, text=True)

@@ -7,6 +7,7 @@ import stac
 from stac import thresholds
 from stac.architectures import architecture_for, synapse_weights
 from stac.calibration import channel_max
+from stac.hub import model_card
 from stac.frontier import config_name, config_spec, parse_config
 from stac.sensitivity import fisher_diagonal
 from tests.conftest import tiny_ann, tiny_calibration
@@ -174,6 +175,9 @@ def test_a_model_converted_by_sensitivity_saves_and_loads_with_its_thresholds(tm
     loaded = stac.StacForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.spiking_config.threshold_rule == "sensitivity"
     assert loaded.config.spiking_config.kl_budget == 0.02
+    card = model_card(loaded.config, "alice/tiny-snn").text
+    assert "| thresholds by measured sensitivity, predicted KL budget | `0.02` |" in card
+    assert "predicted KL budget" not in model_card(stac.convert(ann, stac.SpikingConfig(), calibration=tiny_calibration()).config, "a/b").text
     ids = tiny_calibration()[0][None]
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, snn(input_ids=ids).logits)
