@@ -10,7 +10,10 @@ per position: F_c is the diagonal of the Fisher information of the output distri
 activation x_c (Kirkpatrick et al. 2017; used for bit allocation by HAWQ, Dong et al. 2019, and
 mixed-precision quantisation since). ``fisher_diagonal`` estimates F_c and the mean square of x_c for every
 encoder input of an ANN in one forward and backward pass per calibration sequence, with the next tokens
-sampled from the ANN's own distribution (seeded). The ANN's weights get no gradients and its outputs are
+sampled from the ANN's own distribution (seeded). Every sequence weighs the same, whatever its length: the
+short chat prompts count as much as a 512-token window of news text. Pooled over positions instead, the
+chat prompts were 4% of the estimate, and the resulting SNN answered "What is the capital of France?" in
+nonsense (docs/levers.md (l)). The ANN's weights get no gradients and its outputs are
 unchanged; hooks are removed and its training flag restored whatever happens.
 """
 
@@ -36,11 +39,13 @@ class Sensitivity:
 
 def fisher_diagonal(model: nn.Module, arch: Architecture, sequences: list[torch.Tensor], seed: int = 0,
                     progress: bool = False) -> Sensitivity:
-    """F_c and E[x_c^2] at the input of every encoder group (and the lm_head's), averaged over positions."""
+    """F_c and E[x_c^2] at the input of every encoder group (and the lm_head's): the mean over positions of
+    each sequence, averaged over the sequences."""
     if not sequences:
         raise ValueError("the sensitivity pass needs at least one token sequence")
-    fisher: dict[str, torch.Tensor] = {}
+    fisher: dict[str, torch.Tensor] = {}  # sums over the current sequence's positions
     square: dict[str, torch.Tensor] = {}
+    totals: tuple[dict, dict] = ({}, {})  # sums over sequences of the per-sequence means
     handles = []
 
     def observer(key):
@@ -79,14 +84,19 @@ def fisher_diagonal(model: nn.Module, arch: Architecture, sequences: list[torch.
                 y = torch.multinomial(log_p.detach().exp().cpu(), 1, generator=generator).to(log_p.device)
                 log_p.gather(1, y).sum().backward()
                 tokens += ids.numel()
+                for total, current in zip(totals, (fisher, square)):
+                    for key, value in current.items():
+                        total[key] = total.get(key, 0) + value / ids.numel()
+                    current.clear()
     finally:
         for h in handles:
             h.remove()
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
         model.train(was_training)
-    missing = sorted(key for key, _ in sites if key not in fisher)
+    missing = sorted(key for key, _ in sites if key not in totals[0])
     if missing:
         raise RuntimeError(f"no gradient reached {len(missing)} encoder inputs, e.g. {missing[:3]}")
-    return Sensitivity(fisher={k: (v / tokens).cpu() for k, v in fisher.items()},
-                       mean_square={k: (v / tokens).cpu() for k, v in square.items()}, tokens=tokens)
+    n = len(sequences)
+    return Sensitivity(fisher={k: (v / n).cpu() for k, v in totals[0].items()},
+                       mean_square={k: (v / n).cpu() for k, v in totals[1].items()}, tokens=tokens)

@@ -45,10 +45,10 @@ def test_the_pass_covers_every_encoder_input_and_leaves_the_ann_as_it_was(kind):
         fisher_diagonal(ann, arch, [])
 
 
-def test_the_mean_square_is_the_mean_of_the_squared_inputs():
+def test_every_sequence_weighs_the_same_whatever_its_length():
     ann = tiny_ann("llama")
     arch = architecture_for("llama")
-    calibration = tiny_calibration(n=2)
+    calibration = [tiny_calibration(n=1, length=64)[0], tiny_calibration(seed=2, n=1, length=8)[0]]
     seen = []
     h = ann.lm_head.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().reshape(-1, a[0].shape[-1])))
     with torch.no_grad():
@@ -56,7 +56,10 @@ def test_the_mean_square_is_the_mean_of_the_squared_inputs():
             ann(input_ids=ids[None])
     h.remove()
     s = fisher_diagonal(ann, arch, calibration)
-    assert torch.allclose(s.mean_square["encoder_head"], torch.cat(seen).pow(2).mean(0), rtol=1e-5)
+    per_sequence = (seen[0].pow(2).mean(0) + seen[1].pow(2).mean(0)) / 2
+    assert torch.allclose(s.mean_square["encoder_head"], per_sequence, rtol=1e-5)
+    assert not torch.allclose(s.mean_square["encoder_head"], torch.cat(seen).pow(2).mean(0), rtol=1e-3)
+    assert s.tokens == 72
 
 
 def test_the_fisher_predicts_the_kl_that_noise_at_an_encoder_input_causes(kind):
