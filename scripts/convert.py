@@ -15,21 +15,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stac  # noqa: E402
+from stac.cli import add_spiking_options, spiking_config  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), a Hub id or a local dir")
-    p.add_argument("--timesteps", type=int, help=f"T (default {stac.SpikingConfig.timesteps}; 12 with --kl-budget)")
-    p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
-    p.add_argument("--margin", type=float,
-                   help=f"threshold = margin x per-channel max |x| on calibration text (default "
-                        f"{stac.SpikingConfig.threshold_margin:g}; with --kl-budget the floor, default 2)")
-    p.add_argument("--kl-budget", type=float,
-                   help="set every channel's threshold from the ANN's measured sensitivity, for this predicted "
-                        "KL per token (stac.sensitivity; docs/levers.md (l)), instead of margin x max")
-    p.add_argument("--spiking-attention", action="store_true",
-                   help="spike-code the attention's queries and softmax weights too (stac.attention)")
+    add_spiking_options(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--push-to-hub", metavar="USER/NAME", help="also upload the result to this Hub repo")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
@@ -37,8 +29,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     try:
-        config = stac.SpikingConfig.from_options(timesteps=args.timesteps, coding=args.coding, margin=args.margin,
-                                                 kl_budget=args.kl_budget, spiking_attention=args.spiking_attention)
+        config = spiking_config(args)
     except (TypeError, ValueError) as err:
         p.error(str(err))
     t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import stac
+from stac.cli import add_spiking_options, spiking_config
 from stac.energy import ENERGY_MODELS
 from stac.evaluation import evaluate, load_chats, load_pair
 
@@ -23,18 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=stac.EMBEDDED,
                    help="ANN (`embedded`, Hub id or local dir) to convert, or a converted STAC checkpoint dir")
     p.add_argument("--base", help="the base ANN of a STAC checkpoint given as --model")
-    p.add_argument("--timesteps", type=int,
-                   help=f"T, when converting on the fly (default {stac.SpikingConfig.timesteps}, with the default "
-                        "per-layer offsets; 12 with --kl-budget)")
-    p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
-    p.add_argument("--margin", type=float,
-                   help=f"threshold margin, when converting on the fly (default "
-                        f"{stac.SpikingConfig.threshold_margin:g}; with --kl-budget the floor, default 2)")
-    p.add_argument("--kl-budget", type=float,
-                   help="set every channel's threshold from the ANN's measured sensitivity, for this predicted "
-                        "KL per token (stac.sensitivity; docs/levers.md (l)), instead of margin x max")
-    p.add_argument("--spiking-attention", action="store_true",
-                   help="spike-code the attention's queries and softmax weights too (stac.attention)")
+    add_spiking_options(p, note=', when converting on the fly')
     p.add_argument("--text-file", default="lee_background", help="evaluation text: corpus name or path")
     p.add_argument("--tokens", type=int, default=2048, help="tokens of text for perplexity and agreement")
     p.add_argument("--energy-model", default="45nm_fp32", choices=sorted(ENERGY_MODELS))
@@ -48,8 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    spiking = stac.SpikingConfig.from_options(timesteps=args.timesteps, coding=args.coding, margin=args.margin,
-                                              kl_budget=args.kl_budget, spiking_attention=args.spiking_attention)
+    spiking = spiking_config(args)
     ann, snn, tokenizer = load_pair(args.model, args.base, spiking, progress=sys.stderr.isatty())
     result = evaluate(ann, snn, tokenizer, text=args.text_file, n_tokens=args.tokens,
                       chats=load_chats(args.chat_file), energy_model=args.energy_model, context=args.context,

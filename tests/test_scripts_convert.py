@@ -23,14 +23,20 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="w0", eos_token="w2")
 
 
-def test_convert_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
+def run_convert(tmp_path, *options, out="snn"):
+    """scripts/convert.py on a tiny Llama saved with a word-level tokenizer under tmp_path/base."""
     base = tmp_path / "base"
-    tiny_ann("llama").save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
+    if not base.exists():
+        tiny_ann("llama").save_pretrained(base)
+        tiny_tokenizer().save_pretrained(base)
     # The default calibration reads gensim's lee.cor through the tokenizer; unknown words map to [UNK].
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base), *options,
+                           "--out", str(tmp_path / out)], capture_output=True, text=True, timeout=300)
+
+
+def test_convert_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "snn"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
-                           "--timesteps", "6", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = run_convert(tmp_path, "--timesteps", "6")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["spiking"]["timesteps"] == 6 and report["encoders"] == 8 + 1  # 4 per block, and the lm_head's
@@ -41,12 +47,8 @@ def test_convert_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
 
 
 def test_convert_script_spikes_the_attention_inputs_on_request(tmp_path):
-    base = tmp_path / "base"
-    tiny_ann("llama").save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
     out = tmp_path / "snn"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
-                           "--spiking-attention", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = run_convert(tmp_path, "--spiking-attention")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["spiking"]["spiking_attention"] and report["encoders"] == 8 + 1 + 2 * 2  # q and p per block
@@ -56,20 +58,15 @@ def test_convert_script_spikes_the_attention_inputs_on_request(tmp_path):
 
 
 def test_convert_script_sets_thresholds_by_sensitivity_under_a_kl_budget(tmp_path):
-    base = tmp_path / "base"
-    tiny_ann("llama").save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
     out = tmp_path / "snn"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
-                           "--kl-budget", "0.02", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = run_convert(tmp_path, "--kl-budget", "0.02")
     assert proc.returncode == 0, proc.stderr
     spiking = json.loads(proc.stdout)["spiking"]
     assert (spiking["threshold_rule"], spiking["kl_budget"], spiking["timesteps"], spiking["threshold_margin"],
             spiking["layer_overrides"]) == ("sensitivity", 0.02, 12, 2.0, [])
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.spiking_config == stac.SpikingConfig.by_sensitivity(0.02)
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(base),
-                          "--kl-budget", "-1", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    bad = run_convert(tmp_path, "--kl-budget", "-1", out="x")
     assert bad.returncode == 2 and "kl_budget" in bad.stderr and not (tmp_path / "x").exists()
 
 

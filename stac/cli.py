@@ -1,0 +1,31 @@
+"""The spiking options the scripts share (convert, evaluate): one definition, one meaning."""
+
+from __future__ import annotations
+
+import argparse
+
+from .coding import CODINGS
+from .config import SpikingConfig
+
+
+def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """--timesteps, --coding, --margin, --kl-budget and --spiking-attention; ``note`` ends the T and margin
+    help (e.g. ", when converting on the fly")."""
+    parser.add_argument("--timesteps", type=int,
+                        help=f"T{note} (default {SpikingConfig.timesteps}, with the default per-layer offsets; "
+                             "12 with --kl-budget)")
+    parser.add_argument("--coding", default=SpikingConfig.coding, choices=sorted(CODINGS))
+    parser.add_argument("--margin", type=float,
+                        help=f"threshold = margin x per-channel max |x| on calibration text{note} (default "
+                             f"{SpikingConfig.threshold_margin:g}; with --kl-budget the floor, default 2)")
+    parser.add_argument("--kl-budget", type=float,
+                        help="set every channel's threshold from the ANN's measured sensitivity, for this "
+                             "predicted KL per token (stac.sensitivity; docs/levers.md (l)), instead of margin x max")
+    parser.add_argument("--spiking-attention", action="store_true",
+                        help="spike-code the attention's queries and softmax weights too (stac.attention)")
+
+
+def spiking_config(args: argparse.Namespace) -> SpikingConfig:
+    """The SpikingConfig the options in ``args`` ask for (raises TypeError/ValueError on bad values)."""
+    return SpikingConfig.from_options(timesteps=args.timesteps, coding=args.coding, margin=args.margin,
+                                      kl_budget=args.kl_budget, spiking_attention=args.spiking_attention)
