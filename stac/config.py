@@ -193,7 +193,8 @@ class SpikingConfig:
         range: the steps come from the budget), thresholds never below 2x the calibration maximum, and no
         per-group overrides (the rule allocates per channel)."""
         return cls(threshold_rule="sensitivity", kl_budget=kl_budget, timesteps=timesteps,
-                   threshold_margin=threshold_margin, **{"layer_overrides": (), **changes})
+                   threshold_margin=threshold_margin,
+                   **{"layer_overrides": (), "threshold_weighting": 0.0, **changes})  # weighting: not used
 
     @classmethod
     def from_options(cls, timesteps: int | None = None, coding: str = "signed_digit", margin: float | None = None,
