@@ -121,7 +121,7 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}),
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, attn=True),
     # thresholds by measured sensitivity under a KL budget (stac.sensitivity), T=12, floor 2x max
-    *(SpikingConfig.by_sensitivity(budget) for budget in (0.0015, 0.0017, 0.0028, 0.0035)),
+    *(SpikingConfig.by_sensitivity(budget) for budget in (0.0015, 0.0017, 0.002, 0.0028, 0.0035)),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
