@@ -119,6 +119,16 @@ def group_consumers(block: nn.Module, group: EncoderGroup) -> list[nn.Module]:
     return [block.get_submodule(path) for path in group.consumers]
 
 
+def encoder_inputs(model: nn.Module, arch: Architecture) -> list[tuple[str, nn.Module]]:
+    """(encoder name, the first layer reading its input) for every encoder group of every block of an ANN,
+    then the lm_head's: where calibration and the sensitivity pass observe what each encoder will see."""
+    sites = [(encoder_name(arch, i, group), group_consumers(block, group)[0])
+             for i, block in enumerate(blocks_of(model, arch)) for group in arch.groups]
+    if arch.head is not None:
+        sites.append((head_encoder_name(arch), group_consumers(model, arch.head)[0]))
+    return sites
+
+
 def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]:
     """Replace, in place, every registered matmul of ``model`` by a SpikingLinear fed by a SpikeEncoder.
 

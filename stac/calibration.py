@@ -11,8 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import (Architecture, attention_modules, blocks_of, encoder_name, group_consumers,
-                            head_encoder_name)
+from .architectures import Architecture, attention_modules, encoder_inputs
 from .attention import observe_queries
 from .data import CALIBRATION_CHATS, chat_token_sequences, read_text, token_windows
 
@@ -46,13 +45,8 @@ def channel_max(model: nn.Module, arch: Architecture, sequences: list[torch.Tens
             stats[key] = x if key not in stats else torch.maximum(stats[key], x)
         return hook
 
-    for i, block in enumerate(blocks_of(model, arch)):
-        for group in arch.groups:
-            first = group_consumers(block, group)[0]
-            handles.append(first.register_forward_pre_hook(observer(encoder_name(arch, i, group))))
-    if arch.head is not None:
-        head = group_consumers(model, arch.head)[0]
-        handles.append(head.register_forward_pre_hook(observer(head_encoder_name(arch))))
+    for key, layer in encoder_inputs(model, arch):
+        handles.append(layer.register_forward_pre_hook(observer(key)))
     was_training = model.training
     model.eval()
     queries = (observe_queries(model, attention_modules(model, arch)) if arch.attention is not None

@@ -26,6 +26,10 @@ def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None
 
 
 def spiking_config(args: argparse.Namespace) -> SpikingConfig:
-    """The SpikingConfig the options in ``args`` ask for (raises TypeError/ValueError on bad values)."""
-    return SpikingConfig.from_options(timesteps=args.timesteps, coding=args.coding, margin=args.margin,
-                                      kl_budget=args.kl_budget, spiking_attention=args.spiking_attention)
+    """The SpikingConfig the options in ``args`` ask for: the default, or ``by_sensitivity`` with a KL
+    budget, with T and margin replaced where given (raises TypeError/ValueError on bad values)."""
+    given = {k: v for k, v in (("timesteps", args.timesteps), ("threshold_margin", args.margin)) if v is not None}
+    if args.kl_budget is not None:
+        return SpikingConfig.by_sensitivity(args.kl_budget, coding=args.coding,
+                                            spiking_attention=args.spiking_attention, **given)
+    return SpikingConfig(coding=args.coding, spiking_attention=args.spiking_attention, **given)

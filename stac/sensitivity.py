@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import Architecture, blocks_of, encoder_name, group_consumers, head_encoder_name
+from .architectures import Architecture, encoder_inputs
 
 
 @dataclass
@@ -60,10 +60,7 @@ def fisher_diagonal(model: nn.Module, arch: Architecture, sequences: list[torch.
                 x.register_hook(on_grad)
         return hook
 
-    sites = [(encoder_name(arch, i, group), group_consumers(block, group)[0])
-             for i, block in enumerate(blocks_of(model, arch)) for group in arch.groups]
-    if arch.head is not None:
-        sites.append((head_encoder_name(arch), group_consumers(model, arch.head)[0]))
+    sites = encoder_inputs(model, arch)
     for key, layer in sites:
         handles.append(layer.register_forward_pre_hook(observer(key)))
     # Gradients reach the activations from the embeddings' output; no parameter takes part.

@@ -73,11 +73,14 @@ def sensitivity_thresholds(fisher: dict[str, torch.Tensor], mean_square: dict[st
     if not kl_budget > 0:
         raise ValueError(f"kl_budget must be positive, got {kl_budget!r}")
     names = list(floor)
-    shape = {n: torch.sqrt(fanout[n] / fisher[n].double().clamp_min(1e-30)) for n in names}
+    f = {n: fisher[n].double() for n in names}
+    msq = {n: mean_square[n].double() for n in names}
+    low = {n: floor[n].double() for n in names}
+    shape = {n: torch.sqrt(fanout[n] / f[n].clamp_min(1e-30)) * max_level[n] for n in names}
 
     def at(k: float) -> tuple[dict[str, torch.Tensor], float]:
-        th = {n: torch.maximum(k * shape[n] * max_level[n], floor[n].double()) for n in names}
-        kl = sum(predicted_kl(fisher[n], mean_square[n], th[n] / max_level[n]) for n in names)
+        th = {n: torch.maximum(k * shape[n], low[n]) for n in names}
+        kl = sum(predicted_kl(f[n], msq[n], th[n] / max_level[n]) for n in names)
         return th, kl
 
     finest = at(0.0)

@@ -1,5 +1,6 @@
 """scripts/convert.py: command line conversion of a local model directory."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import stac
+from stac.cli import add_spiking_options, spiking_config
 from tests.conftest import tiny_ann
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,9 +73,15 @@ def test_convert_script_sets_thresholds_by_sensitivity_under_a_kl_budget(tmp_pat
 
 
 def test_script_options_build_the_default_or_the_sensitivity_config():
-    assert stac.SpikingConfig.from_options() == stac.SpikingConfig()
-    assert stac.SpikingConfig.from_options(timesteps=8, margin=3.0) == stac.SpikingConfig(timesteps=8, threshold_margin=3.0)
-    c = stac.SpikingConfig.from_options(kl_budget=0.002, margin=4.0, spiking_attention=True)
+    parser = argparse.ArgumentParser()
+    add_spiking_options(parser)
+
+    def from_options(*argv):
+        return spiking_config(parser.parse_args(list(argv)))
+
+    assert from_options() == stac.SpikingConfig()
+    assert from_options("--timesteps", "8", "--margin", "3") == stac.SpikingConfig(timesteps=8, threshold_margin=3.0)
+    c = from_options("--kl-budget", "0.002", "--margin", "4", "--spiking-attention")
     assert c == stac.SpikingConfig.by_sensitivity(0.002, threshold_margin=4.0, spiking_attention=True)
     assert (c.threshold_rule, c.timesteps, c.layer_overrides) == ("sensitivity", 12, ())
 
