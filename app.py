@@ -36,7 +36,7 @@ class AppSettings:
 
     base: str = "embedded"  # STAC_BASE overrides
     snn: str | None = None  # converted STAC model (dir or Hub repo); STAC_SNN overrides
-    spiking: dict = field(default_factory=dict)  # SpikingConfig fields used when converting
+    spiking: dict = field(default_factory=dict)  # SpikingConfig fields used when converting (missing: defaults)
     cache_dir: str = "~/.cache/stac"  # STAC_CACHE overrides
     system_prompt: str = ""  # empty: the chat template's default system prompt
     max_new_tokens: int = 96
@@ -59,12 +59,16 @@ class AppSettings:
         settings.base = env.get("STAC_BASE", settings.base)
         settings.snn = env.get("STAC_SNN", settings.snn) or None
         settings.cache_dir = env.get("STAC_CACHE", settings.cache_dir)
-        SpikingConfig.from_dict(settings.spiking)  # fail at start, not on the first message
+        settings.spiking_config()  # fail at start, not on the first message
         return settings
+
+    def spiking_config(self) -> SpikingConfig:
+        """The conversion the settings ask for: the package default with their ``spiking`` fields."""
+        return SpikingConfig.from_dict(self.spiking, saved=False)
 
     def snn_label(self) -> str:
         if self.snn is None:
-            return snn_label(SpikingConfig.from_dict(self.spiking))
+            return snn_label(self.spiking_config())
         config = Path(self.snn) / "config.json"
         if config.is_file():
             return snn_label(SpikingConfig.from_dict(json.loads(config.read_text())["spiking"]))
@@ -89,7 +93,7 @@ class ModelLoader:
     @classmethod
     def from_settings(cls, settings: AppSettings) -> "ModelLoader":
         def load(log):
-            return load_chat_models(settings.base, settings.snn, SpikingConfig.from_dict(settings.spiking),
+            return load_chat_models(settings.base, settings.snn, settings.spiking_config(),
                                     settings.cache_dir, log=log)
         return cls(load, settings.snn_label())
 

@@ -172,7 +172,8 @@ class ChatModels:
 def snn_label(spiking: SpikingConfig) -> str:
     steps = {spiking.timesteps} | {spiking._resolved(v).timesteps for _, v in spiking.layer_overrides}
     t = str(spiking.timesteps) if len(steps) == 1 else f"{min(steps)}-{max(steps)} by layer"
-    return f"SNN (T={t}, coding {spiking.coding})"
+    octave = f", {spiking.steps_per_octave} steps per octave" if spiking.steps_per_octave > 1 else ""
+    return f"SNN (T={t}, coding {spiking.coding}{octave})"
 
 
 def load_chat_models(base: str = EMBEDDED, snn: str | None = None, spiking: SpikingConfig | None = None,
@@ -269,7 +270,7 @@ class SpikeObserver:
         """(spikes per token, firing rate, per-layer firing rates)."""
         per_layer, spikes, neuron_steps, tokens = [], 0, 0, 0
         for name, enc in self.encoders.items():
-            steps = self.tokens[name] * enc.channels * enc.coding.timesteps
+            steps = self.tokens[name] * enc.channels * enc.coding.steps
             per_layer.append(LayerRate(name, name.rsplit(".", 1)[-1],
                                        self.spikes[name] / steps if steps else 0.0))
             spikes += self.spikes[name]

@@ -9,12 +9,15 @@ from .config import SpikingConfig
 
 
 def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None:
-    """--timesteps, --coding, --margin, --kl-budget and --spiking-attention; ``note`` ends the T and margin
-    help (e.g. ", when converting on the fly")."""
+    """--timesteps, --coding, --steps-per-octave, --margin, --kl-budget and --spiking-attention; ``note``
+    ends the T and margin help (e.g. ", when converting on the fly")."""
     parser.add_argument("--timesteps", type=int,
                         help=f"T{note} (default {SpikingConfig.timesteps}, with the default per-layer offsets; "
                              "12 with --kl-budget)")
     parser.add_argument("--coding", default=SpikingConfig.coding, choices=sorted(CODINGS))
+    parser.add_argument("--steps-per-octave", type=int,
+                        help=f"signed_digit: spike weights round(2^(i/m)) over about m x T steps, the same levels "
+                             f"with fewer spikes (default {SpikingConfig.steps_per_octave}; 1: powers of two)")
     parser.add_argument("--margin", type=float,
                         help=f"threshold = margin x per-channel max |x| on calibration text{note} (default "
                              f"{SpikingConfig.threshold_margin:g}; with --kl-budget the floor, default 2)")
@@ -28,7 +31,8 @@ def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None
 def spiking_config(args: argparse.Namespace) -> SpikingConfig:
     """The SpikingConfig the options in ``args`` ask for: the default, or ``by_sensitivity`` with a KL
     budget, with T and margin replaced where given (raises TypeError/ValueError on bad values)."""
-    given = {k: v for k, v in (("timesteps", args.timesteps), ("threshold_margin", args.margin)) if v is not None}
+    given = {k: v for k, v in (("timesteps", args.timesteps), ("threshold_margin", args.margin),
+                               ("steps_per_octave", args.steps_per_octave)) if v is not None}
     if args.kl_budget is not None:
         return SpikingConfig.by_sensitivity(args.kl_budget, coding=args.coding,
                                             spiking_attention=args.spiking_attention, **given)

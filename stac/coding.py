@@ -43,15 +43,30 @@ class Coding:
 
     name: str = ""
     max_timesteps: int = 0
+    # Codings that can spread their spike weights over more steps (``steps_per_octave`` > 1).
+    max_steps_per_octave: int = 1
 
-    def __init__(self, timesteps: int):
-        if not isinstance(timesteps, int) or isinstance(timesteps, bool):
-            raise TypeError(f"timesteps must be an int, got {type(timesteps).__name__}")
+    def __init__(self, timesteps: int, steps_per_octave: int = 1):
+        for label, value in (("timesteps", timesteps), ("steps_per_octave", steps_per_octave)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{label} must be an int, got {type(value).__name__}")
         if not 1 <= timesteps <= self.max_timesteps:
             raise ValueError(
                 f"coding {self.name!r} needs 1 <= timesteps <= {self.max_timesteps}, got {timesteps}"
             )
+        if not 1 <= steps_per_octave <= self.max_steps_per_octave:
+            raise ValueError(
+                f"coding {self.name!r} needs 1 <= steps_per_octave <= {self.max_steps_per_octave}, "
+                f"got {steps_per_octave}" + ("" if self.max_steps_per_octave > 1 else
+                                             " (denser step schedules exist for signed_digit only)")
+            )
         self.timesteps = timesteps
+        self.steps_per_octave = steps_per_octave
+
+    @property
+    def steps(self) -> int:
+        """Steps a neuron actually runs per input: T, or more with a denser step schedule."""
+        return self.timesteps
 
     # What one level is worth in input units, per channel.
     def unit(self, threshold: torch.Tensor) -> torch.Tensor:
@@ -155,18 +170,27 @@ class BitPlaneCoding(Coding):
         return (x.float() / unit).clamp(-m, m)
 
     def input_sequence(self, u):
-        seq = torch.zeros(self.timesteps, *u.shape, dtype=u.dtype, device=u.device)
+        seq = torch.zeros(self.steps, *u.shape, dtype=u.dtype, device=u.device)
         seq[0] = u
         return seq
 
+    def __init__(self, timesteps: int, steps_per_octave: int = 1):
+        super().__init__(timesteps, steps_per_octave)
+        # a plain attribute, not a cached_property: torch.export cannot trace the latter's lock
+        self._weights = step_weights_bitplane(timesteps, steps_per_octave)
+
+    @property
+    def steps(self) -> int:
+        return len(self._weights)
+
     def make_node(self):
-        return BitPlaneNode(self.timesteps, self.sparsity, step_mode="m")
+        return BitPlaneNode(self.timesteps, self.sparsity, step_mode="m", steps_per_octave=self.steps_per_octave)
 
     def simulate(self, node, u):
         return node.run_pulse(u)
 
     def step_weights(self):
-        return torch.tensor(step_weights_bitplane(self.timesteps), dtype=torch.float32)
+        return torch.tensor(self._weights, dtype=torch.float32)
 
     def levels(self, u):
         # floor(u + 1/2) without forming u + 1/2, which can round up across an integer in float32.
@@ -187,14 +211,14 @@ class BitPlaneCoding(Coding):
     @functools.cached_property
     def _count_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """int64 step weights and integer firing thresholds ceil(c * w), for the compiled spike count."""
-        w = step_weights_bitplane(self.timesteps)
+        w = self._weights
         k = [math.ceil(self.sparsity * x) for x in w]
         return torch.tensor(w, dtype=torch.int64, device="cpu"), torch.tensor(k, dtype=torch.int64, device="cpu")
 
     def spike_count(self, levels):
         if _kernel_applies(levels):
             return _kernel_bitplane_spike_count(levels, *self._count_tables)
-        return bitplane_spike_count(levels, self.timesteps, self.sparsity)
+        return bitplane_spike_count(levels, self.timesteps, self.sparsity, self.steps_per_octave)
 
     @property
     def max_level(self):
@@ -202,10 +226,20 @@ class BitPlaneCoding(Coding):
 
 
 class SignedDigitCoding(BitPlaneCoding):
-    """Bit-plane timing with a signed-digit firing rule: same levels as ``bitplane``, fewer spikes."""
+    """Bit-plane timing with a signed-digit firing rule: same levels as ``bitplane``, fewer spikes.
+
+    With ``steps_per_octave`` m > 1 the spike weights are denser (``stac.neurons.step_weights_bitplane``):
+    the same levels again, with fewer spikes and about m times the steps. Each m has the firing fraction
+    c that gave the fewest spikes on SmolLM2-135M's encoder inputs (docs/experiments/dense_schedule.py).
+    """
 
     name = "signed_digit"
-    sparsity = 0.75
+    max_steps_per_octave = 4
+    SPARSITY_BY_STEPS_PER_OCTAVE = {1: 0.75, 2: 0.85, 3: 0.9, 4: 0.93}
+
+    def __init__(self, timesteps: int, steps_per_octave: int = 1):
+        super().__init__(timesteps, steps_per_octave)
+        self.sparsity = self.SPARSITY_BY_STEPS_PER_OCTAVE[steps_per_octave]
 
 
 CODINGS: dict[str, Callable[[int], Coding]] = {
@@ -213,13 +247,13 @@ CODINGS: dict[str, Callable[[int], Coding]] = {
 }
 
 
-def make_coding(name: str, timesteps: int) -> Coding:
+def make_coding(name: str, timesteps: int, steps_per_octave: int = 1) -> Coding:
     """Look up a coding by name; unknown names raise a ValueError listing the known ones."""
     try:
         cls = CODINGS[name]
     except KeyError:
         raise ValueError(f"unknown spike coding {name!r}; known codings: {sorted(CODINGS)}") from None
-    return cls(timesteps)
+    return cls(timesteps, steps_per_octave)
 
 
 def log2_levels(coding: Coding) -> float:

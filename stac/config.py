@@ -14,7 +14,8 @@ ENGINES = ("closed_form", "time_stepped")
 # "sensitivity" (each channel's step from the output's measured sensitivity under a KL budget,
 # stac.thresholds.sensitivity_thresholds; docs/levers.md (l)).
 THRESHOLD_RULES = ("margin", "sensitivity")
-OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "threshold_margin_factor")
+OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "threshold_margin_factor",
+               "steps_per_octave")
 
 # The default per-layer allocation of timesteps and margins, chosen by measured sensitivity (docs/levers.md):
 # the input of the MLP's output projection (Llama down_proj, GPT-2 mlp.c_proj) carries the model's outlier
@@ -30,6 +31,11 @@ DEFAULT_LAYER_OVERRIDES = (
     # more output error than margin 5 (docs/levers.md (j)).
     ("encoder_head", {"threshold_margin_factor": 1.6}),
 )
+
+# Steps per octave of a coding's spike weights when the config does not say: signed_digit runs 3 (the
+# same levels as powers of two, 27% fewer synaptic ops on SmolLM2-135M for about 2.7x the steps; measured
+# in docs/levers.md (m)); every other coding has only 1.
+DEFAULT_STEPS_PER_OCTAVE = {"signed_digit": 3}
 
 # What stays in floating point in a converted model (written into the saved config so that a reader of the
 # checkpoint knows exactly which operations are spike-driven and which are not).
@@ -60,8 +66,15 @@ class SpikingConfig:
     redistributed within each encoder by the synapses' column norms (``threshold_weighting``).
     """
 
-    timesteps: int = 10  # T, steps each neuron runs per token (unless layer_overrides say otherwise)
+    # T: each neuron codes the integers -(2^T - 1) .. 2^T - 1 (bitplane, signed_digit) or -T .. T (rate);
+    # with steps_per_octave 1 it runs T steps (unless layer_overrides say otherwise)
+    timesteps: int = 10
     coding: str = "signed_digit"  # one of stac.coding.CODINGS
+    # signed_digit only: m > 1 spreads a neuron's spike weights over about m*T steps (weights
+    # round(2^(i/m)) instead of powers of two). The same levels, so the same outputs, with fewer spikes
+    # (stac.neurons; docs/levers.md (m)). None: the coding's default, DEFAULT_STEPS_PER_OCTAVE (stored
+    # resolved). Older checkpoints lack the key; from_dict reads it as 1, what they ran.
+    steps_per_octave: int | None = None
     # threshold = margin * per-channel max |x| on calibration data (then weighted, see threshold_weighting)
     threshold_margin: float = 5.0
     engine: str = "closed_form"  # "closed_form" (fast, no T loop) or "time_stepped" (spike trains)
@@ -92,7 +105,10 @@ class SpikingConfig:
     layer_overrides: tuple[tuple[str, dict], ...] = DEFAULT_LAYER_OVERRIDES
 
     def __post_init__(self):
-        for name, kind in (("timesteps", int), ("coding", str), ("engine", str), ("threshold_rule", str)):
+        if self.steps_per_octave is None and isinstance(self.coding, str):
+            object.__setattr__(self, "steps_per_octave", DEFAULT_STEPS_PER_OCTAVE.get(self.coding, 1))
+        for name, kind in (("timesteps", int), ("coding", str), ("engine", str), ("threshold_rule", str),
+                           ("steps_per_octave", int)):
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise TypeError(f"SpikingConfig.{name} must be {kind.__name__}, got {value!r}")
@@ -108,7 +124,7 @@ class SpikingConfig:
             raise ValueError(f"unknown threshold rule {self.threshold_rule!r}; known rules: {list(THRESHOLD_RULES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; known engines: {list(ENGINES)}")
-        make_coding(self.coding, self.timesteps)  # range-checks T for this coding
+        make_coding(self.coding, self.timesteps, self.steps_per_octave)  # range-checks T and m for this coding
         if not isinstance(self.float_operations, (list, tuple)) or not all(
                 isinstance(op, str) for op in self.float_operations):
             raise TypeError(f"SpikingConfig.float_operations must be a list of strings, got {self.float_operations!r}")
@@ -151,7 +167,7 @@ class SpikingConfig:
             self._resolved(settings)
 
     def _resolved(self, settings: dict) -> "SpikingConfig":
-        settings = dict(settings)
+        settings = _coding_default_steps(settings)
         offset = settings.pop("timestep_offset", 0)
         if offset:
             settings["timesteps"] = max(1, settings.get("timesteps", self.timesteps) + offset)
@@ -175,15 +191,20 @@ class SpikingConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SpikingConfig":
+    def from_dict(cls, d: dict[str, Any], saved: bool = True) -> "SpikingConfig":
+        """The config ``d`` describes. ``saved`` (a checkpoint's config): a key missing from it reads as
+        what checkpoints written before that option existed ran. Otherwise (settings a person wrote, such
+        as the app's) a missing key takes today's default."""
         if not isinstance(d, dict):
             raise TypeError(f"spiking config must be a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown spiking config keys {unknown}; known keys: {sorted(known)}")
+        if not saved:
+            return cls(**d)
         return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False,
-                      "threshold_rule": "margin", **d})
+                      "threshold_rule": "margin", "steps_per_octave": 1, **d})
 
     @classmethod
     def by_sensitivity(cls, kl_budget: float, timesteps: int = 12, threshold_margin: float = 2.0,
@@ -197,4 +218,14 @@ class SpikingConfig:
                    **{"layer_overrides": (), "threshold_weighting": 0.0, **changes})  # weighting: not used
 
     def replace(self, **changes) -> "SpikingConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; a new coding without steps_per_octave gets that coding's default."""
+        return dataclasses.replace(self, **_coding_default_steps(changes))
+
+
+def _coding_default_steps(settings: dict) -> dict:
+    """``settings`` where a change of coding that does not name steps_per_octave takes the new coding's
+    default (so that ``coding="rate"`` never inherits signed_digit's denser schedule)."""
+    settings = dict(settings)
+    if "coding" in settings and "steps_per_octave" not in settings:
+        settings["steps_per_octave"] = None
+    return settings

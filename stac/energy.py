@@ -210,9 +210,10 @@ def _weight(layer: nn.Module) -> torch.Tensor:
 
 
 def _accumulator_steps(code: SpikeCode) -> int:
-    """Doublings an output accumulator needs to weight spikes by step (acc = 2 acc + W s_t)."""
+    """Steps an output accumulator needs to weight spikes by step (acc = (w_(t-1) / w_t) acc + W s_t:
+    a doubling for one step per octave)."""
     w = code.step_weights
-    return 0 if bool((w == w[0]).all()) else code.coding.timesteps - 1
+    return 0 if bool((w == w[0]).all()) else code.coding.steps - 1
 
 
 # ----- the meter -------------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ class EnergyMeter:
         if last is not None and last[0] is code:
             return  # the encoder's memo: consumers sharing an input (q/k/v) share one encoding
         count = code.spike_count()
-        spikes, neurons, steps = int(count.sum()), count.numel(), code.coding.timesteps
+        spikes, neurons, steps = int(count.sum()), count.numel(), code.coding.steps
         t = self._tally(self._names[module], "spiking")
         t.spikes += spikes
         t.neurons += neurons

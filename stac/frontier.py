@@ -51,6 +51,7 @@ def config_name(config: SpikingConfig) -> str:
     name += "+head" if config.spiking_head else ""
     name += "+attn" if config.spiking_attention else ""
     name += f"+kl{config.kl_budget:g}" if config.threshold_rule == "sensitivity" else ""
+    name += f"+oct{config.steps_per_octave}" if config.steps_per_octave != 1 else ""
     return name + (f"+w{config.threshold_weighting:g}" if config.threshold_weighting else "")
 
 
@@ -79,11 +80,13 @@ def margin_overrides(**factors: float) -> tuple[tuple[str, dict], ...]:
 
 
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
-        head_margin: float = 1.0, margins: dict[str, float] | None = None, **groups: int) -> SpikingConfig:
+        head_margin: float = 1.0, margins: dict[str, float] | None = None, octave: int = 1,
+        **groups: int) -> SpikingConfig:
     margins = {**(margins or {}), **({"head": head_margin} if head_margin != 1 else {})}
     overrides = group_overrides(**groups) + margin_overrides(**margins)
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
-                         spiking_head=head, threshold_weighting=weighting, spiking_attention=attn)
+                         spiking_head=head, threshold_weighting=weighting, spiking_attention=attn,
+                         steps_per_octave=octave)
 
 
 # The sweep of docs/levers.md, in the order it runs: codings at equal T, T, margins, per-group sensitivity
@@ -121,7 +124,15 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}),
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, attn=True),
     # thresholds by measured sensitivity under a KL budget (stac.sensitivity), T=12, floor 2x max
-    *(SpikingConfig.by_sensitivity(budget) for budget in (0.0015, 0.0017, 0.002, 0.0028, 0.0035)),
+    *(SpikingConfig.by_sensitivity(budget, steps_per_octave=1) for budget in (0.0015, 0.0017, 0.002, 0.0028, 0.0035)),
+    # denser spike weights (3 steps per octave: the same levels, fewer spikes, more steps) on the default,
+    # with spiking attention, with the wider down_proj range, and on by_sensitivity(0.002)
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=3),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=2),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=4),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=3, attn=True),
+    _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, octave=3),
+    SpikingConfig.by_sensitivity(0.002, steps_per_octave=3),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -133,12 +144,12 @@ def parse_config(spec: str) -> SpikingConfig:
     (absent: 0, thresholds at margin x max only); ``attn=1`` spike-codes the attention's queries and
     probabilities (their T: ``q=``, ``p=``); ``headm=1.6``, ``downm=4`` multiply the lm_head encoder's or a
     group's margin; ``kl=0.0015`` sets thresholds by sensitivity under that KL budget (the margin is then
-    the floor).
+    the floor); ``oct=3`` sets 3 steps per octave (absent: 1, powers of two).
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, margins, weighting, budget = {}, {}, 0.0, None
+    groups, margins, weighting, budget, octave = {}, {}, 0.0, None, 1
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
@@ -146,6 +157,8 @@ def parse_config(spec: str) -> SpikingConfig:
                 weighting = float(t)
             elif group == "kl":
                 budget = float(t)
+            elif group == "oct":
+                octave = int(t)
             elif group.endswith("m") and (group[:-1] == "head" or f"encoder_{group[:-1]}" in GROUPS):
                 margins[group[:-1]] = float(t)
             else:
@@ -159,7 +172,7 @@ def parse_config(spec: str) -> SpikingConfig:
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
                          layer_overrides=group_overrides(**groups) + margin_overrides(**margins),
                          spiking_head=bool(head),
-                         threshold_weighting=weighting, spiking_attention=bool(attn),
+                         threshold_weighting=weighting, spiking_attention=bool(attn), steps_per_octave=octave,
                          **({"threshold_rule": "sensitivity", "kl_budget": budget} if budget is not None else {}))
 
 
@@ -182,6 +195,8 @@ def config_spec(config: SpikingConfig) -> str:
         groups.append("attn=1")
     if config.threshold_rule == "sensitivity":
         groups.append(f"kl={config.kl_budget:g}")
+    if config.steps_per_octave != 1:
+        groups.append(f"oct={config.steps_per_octave}")
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 
@@ -415,7 +430,9 @@ def frontier_markdown(rows: list[dict], command: str, date: str | None = None) -
               "`+down8` etc.: that encoder group in every block runs T=8 (`layer_overrides`); `+head`: the "
               "lm_head's input spikes; `+attn`: the attention's queries and softmax weights spike "
               "(`stac.attention`; `+q12`, `+p12`: their T), and their work counts as attention; `+w0.5`: "
-              "threshold weighting 0.5. `spikes/neuron`: the weight matmuls' encoders.", "",
+              "threshold weighting 0.5; `+kl0.002`: thresholds by sensitivity under that KL budget; `+oct3`: "
+              "3 steps per octave (denser spike weights: the same levels, fewer spikes, about 3T steps). "
+              "`spikes/neuron`: the weight matmuls' encoders.", "",
               "![frontier](frontier.png)", ""]
     return "\n".join(lines)
 

@@ -79,10 +79,11 @@ class SpikeEncoder(nn.Module):
     encoder (q/k/v read the same input); the memo holds the input tensor itself, never a stale copy.
     """
 
-    def __init__(self, channels: int, coding: str, timesteps: int, engine: str = "closed_form"):
+    def __init__(self, channels: int, coding: str, timesteps: int, engine: str = "closed_form",
+                 steps_per_octave: int = 1):
         super().__init__()
         self.channels = channels
-        self.coding = make_coding(coding, timesteps)
+        self.coding = make_coding(coding, timesteps, steps_per_octave)
         self.node = self.coding.make_node()
         self.engine = engine
         self.register_buffer("threshold", torch.ones(channels))
@@ -162,7 +163,8 @@ class SpikeEncoder(nn.Module):
         return code
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, coding={self.coding.name}, T={self.coding.timesteps}, engine={self._engine}"
+        steps = f", steps={self.coding.steps}" if self.coding.steps != self.coding.timesteps else ""
+        return f"channels={self.channels}, coding={self.coding.name}, T={self.coding.timesteps}{steps}, engine={self._engine}"
 
 
 def _linear_weight(layer: nn.Linear) -> torch.Tensor:

@@ -9,6 +9,7 @@ import pytest
 from gradio_client import Client
 
 import app
+from stac import SpikingConfig
 from tests.test_chat import tiny_chat_models
 
 
@@ -40,7 +41,7 @@ def served():
 
 def test_importing_the_app_builds_the_demo_without_loading_a_model():
     assert app.demo is not None and not app.LOADER.loaded
-    assert app.LOADER.label == "SNN (T=9-12 by layer, coding signed_digit)"
+    assert app.LOADER.label == "SNN (T=9-12 by layer, coding signed_digit, 3 steps per octave)"
 
 
 def test_settings_come_from_the_file_and_the_environment(tmp_path):
@@ -49,6 +50,9 @@ def test_settings_come_from_the_file_and_the_environment(tmp_path):
     settings = app.AppSettings.load(path, env={"STAC_SNN": "some/snn"})
     assert (settings.base, settings.snn, settings.max_new_tokens) == ("some/base", "some/snn", 5)
     assert app.AppSettings.load(path, env={"STAC_BASE": "other"}).base == "other"
+    # fields not given take the package default, not what old checkpoints ran
+    assert settings.spiking_config() == SpikingConfig(timesteps=8)
+    assert app.AppSettings.load(None, env={}).spiking_config() == SpikingConfig()
     path.write_text('{"bsae": "typo"}')
     with pytest.raises(ValueError, match="bsae"):
         app.AppSettings.load(path, env={})

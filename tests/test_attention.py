@@ -104,7 +104,10 @@ def test_both_engines_give_the_same_logits_and_generation(kind):
         snn.set_engine("time_stepped")
         stepped = snn(ids).logits
         stepped_tokens = snn.generate(ids, max_new_tokens=6, do_sample=False)
-    assert torch.allclose(closed, stepped, atol=1e-4, rtol=0)
+    # The same sums in another order. With denser spike weights (3 steps per octave) a spike's weight is
+    # not a power of two, so each event's product rounds: now and then an input downstream lands on the
+    # other side of a rounding edge and moves one level (4e-3 in the logits of tiny GPT-2), never more.
+    assert torch.allclose(closed, stepped, atol=1e-2, rtol=0)
     assert torch.equal(tokens, stepped_tokens)
 
 

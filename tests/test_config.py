@@ -19,6 +19,11 @@ from stac import SpikingConfig, StacConfig, StacFormatError
     (dict(min_threshold=-1e-3), ValueError, "positive"),
     (dict(threshold_margin="4"), TypeError, "number"),
     (dict(coding="bitplane", timesteps=40), ValueError, "timesteps"),
+    (dict(steps_per_octave=0), ValueError, "steps_per_octave"),
+    (dict(steps_per_octave=5), ValueError, "steps_per_octave"),
+    (dict(steps_per_octave=2.0), TypeError, "steps_per_octave"),
+    (dict(coding="rate", steps_per_octave=2), ValueError, "signed_digit only"),
+    (dict(layer_overrides=[("*", {"coding": "bitplane", "steps_per_octave": 2})]), ValueError, "signed_digit only"),
 ])
 def test_invalid_spiking_configs_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -26,8 +31,26 @@ def test_invalid_spiking_configs_are_refused(kwargs, error, match):
 
 
 def test_spiking_config_round_trips_through_a_dict():
-    cfg = SpikingConfig(timesteps=8, coding="bitplane", threshold_margin=2.0)
+    cfg = SpikingConfig(timesteps=8, coding="bitplane", threshold_margin=2.0, steps_per_octave=1)
     assert SpikingConfig.from_dict(cfg.to_dict()) == cfg
+    dense = SpikingConfig(steps_per_octave=3, layer_overrides=[("*.encoder_o", {"steps_per_octave": 1})])
+    assert SpikingConfig.from_dict(dense.to_dict()) == dense
+    assert dense.for_encoder("model.layers.0.self_attn.encoder_o").steps_per_octave == 1
+
+
+def test_each_coding_gets_its_own_default_steps_per_octave():
+    assert SpikingConfig().steps_per_octave == 3 and SpikingConfig(coding="rate").steps_per_octave == 1
+    assert SpikingConfig().replace(coding="bitplane").steps_per_octave == 1
+    assert SpikingConfig(steps_per_octave=2).replace(timesteps=8).steps_per_octave == 2
+    mixed = SpikingConfig(layer_overrides=[("*.encoder_o", {"coding": "rate"})])
+    assert mixed.for_encoder("model.layers.0.self_attn.encoder_o").steps_per_octave == 1
+    assert mixed.for_encoder("model.layers.0.mlp.encoder_down").steps_per_octave == 3
+
+
+def test_a_checkpoint_from_before_dense_schedules_reads_as_one_step_per_octave():
+    old = SpikingConfig().to_dict()
+    del old["steps_per_octave"]
+    assert SpikingConfig.from_dict(old).steps_per_octave == 1
 
 
 def test_unknown_keys_in_a_saved_spiking_config_are_refused():

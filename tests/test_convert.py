@@ -86,3 +86,28 @@ def test_the_lm_head_encoder_gets_the_default_wider_margin(kind):
     for name, enc in wide.encoders.items():
         factor = 1.6 if name.endswith("encoder_head") else 1.0
         torch.testing.assert_close(enc.threshold, narrow.encoders[name].threshold * factor)
+
+
+def test_a_denser_step_schedule_gives_the_same_outputs_with_fewer_spikes(kind, tmp_path):
+    from stac.energy import EnergyMeter
+
+    ann, cal = tiny_ann(kind), tiny_calibration()
+    base = stac.SpikingConfig(steps_per_octave=1)
+    plain = stac.convert(ann, base, calibration=cal)
+    dense = stac.convert(ann, base.replace(steps_per_octave=3), calibration=cal)
+    ids = tiny_calibration(seed=9, n=2, length=24)[0][None]
+
+    def run(model):
+        with EnergyMeter(model) as meter, torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits
+        return logits, meter.report()
+
+    (plain_logits, plain_report), (dense_logits, dense_report) = run(plain), run(dense)
+    assert torch.equal(dense_logits, plain_logits)  # the same levels reach the same synapses
+    assert dense_report.spikes < 0.9 * plain_report.spikes
+    for name, enc in dense.encoders.items():
+        assert enc.coding.steps > plain.encoders[name].coding.steps == enc.coding.timesteps
+    dense.save_pretrained(tmp_path / "dense")
+    again = stac.StacForCausalLM.from_pretrained(tmp_path / "dense")
+    assert again.config.spiking_config.steps_per_octave == 3
+    assert torch.equal(run(again)[0], plain_logits)

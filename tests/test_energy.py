@@ -73,9 +73,10 @@ def hand_spike_counts(snn, ids):
 
 # ----- exact counts ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
-def test_spikes_and_synaptic_ops_equal_the_hand_count_exactly(kind, engine):
+@pytest.mark.parametrize("octave", [1, 3])
+def test_spikes_and_synaptic_ops_equal_the_hand_count_exactly(kind, engine, octave):
     ann = tiny_ann(kind)
-    snn = stac.convert(ann, stac.SpikingConfig(engine=engine), calibration=tiny_calibration())
+    snn = stac.convert(ann, stac.SpikingConfig(engine=engine, steps_per_octave=octave), calibration=tiny_calibration())
     ids = ids_of(24, batch=2)
     expected = hand_spike_counts(snn, ids)
     with EnergyMeter(snn) as meter, torch.no_grad():
@@ -86,9 +87,18 @@ def test_spikes_and_synaptic_ops_equal_the_hand_count_exactly(kind, engine):
     for lay in spiking:
         spikes, synops, neurons = expected[lay.name]
         assert (lay.spikes, lay.synops, lay.neurons) == (spikes, synops, neurons)
-        timesteps = snn.encoders[lay.name].coding.timesteps  # 9, 10 or 12: the default allocates T by layer
-        assert lay.timesteps == timesteps
-        assert lay.firing_rate == spikes / (neurons * timesteps)
+        coding = snn.encoders[lay.name].coding  # T 9, 10 or 12: the default allocates T by layer
+        steps = len(coding.step_weights())  # T, or about 3T with 3 steps per octave
+        assert lay.timesteps == steps and (steps > coding.timesteps) == (octave > 1)
+        assert lay.firing_rate == spikes / (neurons * steps)
+        # neuron work (normalise 3, one update per step, one reset per spike), the outputs' Horner steps
+        # (one per step after the first) and, in GPT-2's blocks, one bias add per output
+        fan_out = synops // spikes if spikes else None
+        if fan_out is not None:
+            positions = neurons // snn.encoders[lay.name].channels
+            bias = kind == "gpt2" and not lay.name.endswith("encoder_head")  # GPT-2's lm_head has none
+            horner = positions * fan_out * (steps - 1 + bias)
+            assert lay.elementwise_ops == neurons * (3 + steps) + spikes + horner
     assert report.spikes == sum(s for s, _, _ in expected.values()) > 0
     assert report.synops == sum(s for _, s, _ in expected.values())
     assert report.tokens == ids.numel()
@@ -186,10 +196,32 @@ def test_an_snn_at_the_default_config_costs_less_than_its_ann_and_a_long_rate_co
             model(input_ids=ids, use_cache=False)
         return meter.report().energy_j
 
-    default = stac.convert(ann, stac.SpikingConfig(), calibration=tiny_calibration())
+    # one step per octave: at this toy width (64) the default's 3 steps per octave cost more in steps than
+    # they save in synaptic ops (see the next test)
+    default = stac.convert(ann, stac.SpikingConfig(steps_per_octave=1), calibration=tiny_calibration())
     long_rate = stac.convert(ann, stac.SpikingConfig(coding="rate", timesteps=256, threshold_margin=1.0),
                              calibration=tiny_calibration())
     assert energy(default) < energy(ann) < energy(long_rate)
+
+
+@pytest.mark.parametrize("width, cheaper", [(64, False), (768, True)])
+def test_denser_spike_weights_pay_off_only_where_fan_out_outweighs_the_extra_steps(width, cheaper):
+    # Each step costs every neuron an update and every output a Horner step; each spike saved saves its
+    # fan-out in synaptic ops. At width 64 the steps win, at GPT-2's 768 the spikes do.
+    torch.manual_seed(0)
+    config = tiny_config("gpt2")
+    config.n_embd, config.n_layer = width, 1
+    ann = AutoModelForCausalLM.from_config(config).eval()
+    ids = ids_of(32)
+    reports = {}
+    for octave in (1, 3):
+        snn = stac.convert(ann, stac.SpikingConfig(steps_per_octave=octave), calibration=tiny_calibration())
+        with EnergyMeter(snn) as meter, torch.no_grad():
+            snn(input_ids=ids, use_cache=False)
+        reports[octave] = meter.report()
+    assert reports[3].spikes < 0.85 * reports[1].spikes  # fewer spikes at any width
+    assert reports[3].synops < reports[1].synops
+    assert (reports[3].energy_j < reports[1].energy_j) == cheaper
 
 
 # ----- against SpikingJelly's op counters --------------------------------------------------------------

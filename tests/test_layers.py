@@ -8,17 +8,17 @@ from transformers.pytorch_utils import Conv1D
 from stac.layers import SpikeEncoder, SpikingLinear
 
 
-def encoder_for(d, coding="signed_digit", T=12, engine="closed_form"):
-    enc = SpikeEncoder(d, coding, T, engine)
+def encoder_for(d, coding="signed_digit", T=12, engine="closed_form", octave=1):
+    enc = SpikeEncoder(d, coding, T, engine, octave)
     enc.threshold.copy_(torch.rand(d) * 3 + 0.5)
     return enc
 
 
 @pytest.mark.parametrize("base", [nn.Linear(32, 16), Conv1D(16, 32)], ids=["linear", "conv1d"])
-@pytest.mark.parametrize("coding", ["rate", "bitplane", "signed_digit"])
-def test_time_stepped_and_closed_form_agree(base, coding):
+@pytest.mark.parametrize("coding,octave", [("rate", 1), ("bitplane", 1), ("signed_digit", 1), ("signed_digit", 3)])
+def test_time_stepped_and_closed_form_agree(base, coding, octave):
     torch.manual_seed(0)
-    enc = encoder_for(32, coding, T=8)
+    enc = encoder_for(32, coding, T=8, octave=octave)
     layer = SpikingLinear(base, enc)
     x = torch.randn(3, 5, 32)
     closed = layer(x)
@@ -29,7 +29,7 @@ def test_time_stepped_and_closed_form_agree(base, coding):
     assert stepped.shape == closed.shape == (3, 5, 16)
     torch.testing.assert_close(stepped, closed, rtol=1e-5, atol=1e-5)
     assert torch.equal(counts_stepped, counts_closed)
-    assert enc(x).train.shape == (8, 3, 5, 32)
+    assert enc(x).train.shape == (enc.coding.steps, 3, 5, 32) and (enc.coding.steps > 8) == (octave > 1)
 
 
 @pytest.mark.parametrize("base", [nn.Linear(70, 130), Conv1D(130, 70), nn.Linear(70, 130, bias=False)],

@@ -82,3 +82,30 @@ def test_signed_digit_never_needs_more_spikes_than_binary_on_average():
     binary = bitplane_spike_count(values, 12, 1.0).float().mean()
     signed = bitplane_spike_count(values, 12, 0.75).float().mean()
     assert signed < 0.9 * binary
+
+
+def test_three_steps_per_octave_answer_3_and_6_with_one_spike_each():
+    # m=2, T=3: weights round(2^(i/2)) for i < 6 = 6, 4, 3, 2, 1 (distinct, largest first)
+    node = BitPlaneNode(3, sparsity=0.85, steps_per_octave=2)
+    assert node.step_weights == [6, 4, 3, 2, 1] and node.steps == 5
+    out = run(node, [[3.0, 6.0, 7.0, -5.0]] + [[0.0] * 4] * 4)
+    assert out.abs().sum(0).tolist() == [1, 1, 2, 2]  # plain signed digits: 4-1, 8-2, 8-1, -4-1 (2 each)
+    weights = torch.tensor(node.step_weights, dtype=torch.float32).view(-1, 1)
+    assert (out * weights).sum(0).tolist() == [3, 6, 7, -5]
+    assert bitplane_spike_count(torch.tensor([3, 6]), 3, 1.0).tolist() == [2, 2]
+
+
+def test_a_dense_schedule_needs_a_firing_fraction_below_one():
+    with pytest.raises(ValueError, match="sparsity < 1"):
+        BitPlaneNode(6, sparsity=1.0, steps_per_octave=3)
+
+
+@pytest.mark.parametrize("octave,sparsity", [(2, 0.85), (3, 0.9), (4, 0.93), (3, 0.6)])
+def test_integer_digits_mirror_the_neuron_on_dense_schedules(octave, sparsity):
+    values = torch.arange(-255, 256)
+    node = BitPlaneNode(8, sparsity, steps_per_octave=octave)
+    train = node.run_pulse(values.float())
+    assert torch.equal(train.to(torch.int8), bitplane_digits(values, 8, sparsity, octave))
+    assert torch.equal(train.abs().sum(0).long(), bitplane_spike_count(values, 8, sparsity, octave))
+    weights = torch.tensor(node.step_weights, dtype=torch.float32).view(-1, 1)
+    assert torch.equal((train * weights).sum(0), values.float())

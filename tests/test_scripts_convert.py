@@ -84,12 +84,18 @@ def test_script_options_build_the_default_or_the_sensitivity_config():
     c = from_options("--kl-budget", "0.002", "--margin", "4", "--spiking-attention")
     assert c == stac.SpikingConfig.by_sensitivity(0.002, threshold_margin=4.0, spiking_attention=True)
     assert (c.threshold_rule, c.timesteps, c.layer_overrides) == ("sensitivity", 12, ())
+    assert from_options("--steps-per-octave", "2").steps_per_octave == 2
+    assert from_options("--kl-budget", "0.002", "--steps-per-octave", "1").steps_per_octave == 1
 
 
 def test_convert_script_rejects_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", "embedded",
                            "--timesteps", "0", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 2 and "timesteps" in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", "embedded",
+                           "--coding", "rate", "--steps-per-octave", "3", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "signed_digit only" in proc.stderr
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert.py"), "--model", str(tmp_path),
                            "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode != 0 and "config.json" in proc.stderr
