@@ -46,7 +46,8 @@ def config_name(config: SpikingConfig) -> str:
         name += f"+{group}" + "".join(
             str(_SHORT.get(v, v)) if k == "coding" else (
                 f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else (
-                    f"mx{v:g}" if k == "threshold_margin_factor" else f"m{v:g}")))
+                    f"mx{v:g}" if k == "threshold_margin_factor" else (
+                        f"oct{v}" if k == "steps_per_octave" else f"m{v:g}"))))
             for k, v in settings.items())
     name += "+head" if config.spiking_head else ""
     name += "+attn" if config.spiking_attention else ""
@@ -79,11 +80,16 @@ def margin_overrides(**factors: float) -> tuple[tuple[str, dict], ...]:
     return tuple((_margin_pattern(g), {"threshold_margin_factor": f}) for g, f in factors.items())
 
 
+def octave_overrides(**steps: int) -> tuple[tuple[str, dict], ...]:
+    """layer_overrides giving named groups their own steps per octave: ``octave_overrides(p=1)``."""
+    return tuple((_margin_pattern(g), {"steps_per_octave": m}) for g, m in steps.items())
+
+
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
         head_margin: float = 1.0, margins: dict[str, float] | None = None, octave: int = 1,
-        **groups: int) -> SpikingConfig:
+        octaves: dict[str, int] | None = None, **groups: int) -> SpikingConfig:
     margins = {**(margins or {}), **({"head": head_margin} if head_margin != 1 else {})}
-    overrides = group_overrides(**groups) + margin_overrides(**margins)
+    overrides = group_overrides(**groups) + margin_overrides(**margins) + octave_overrides(**(octaves or {}))
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn,
                          steps_per_octave=octave)
@@ -131,6 +137,8 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=2),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=4),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=3, attn=True),
+    # the softmax weights' neurons drive only head_dim + 1 synapses: one step per octave there
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=3, attn=True, octaves={"p": 1}),
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, octave=3),
     SpikingConfig.by_sensitivity(0.002, steps_per_octave=3),
 )
@@ -144,12 +152,12 @@ def parse_config(spec: str) -> SpikingConfig:
     (absent: 0, thresholds at margin x max only); ``attn=1`` spike-codes the attention's queries and
     probabilities (their T: ``q=``, ``p=``); ``headm=1.6``, ``downm=4`` multiply the lm_head encoder's or a
     group's margin; ``kl=0.0015`` sets thresholds by sensitivity under that KL budget (the margin is then
-    the floor); ``oct=3`` sets 3 steps per octave (absent: 1, powers of two).
+    the floor); ``oct=3`` sets 3 steps per octave (absent: 1, powers of two), ``poct=1`` a group's own.
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, margins, weighting, budget, octave = {}, {}, 0.0, None, 1
+    groups, margins, octaves, weighting, budget, octave = {}, {}, {}, 0.0, None, 1
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
@@ -161,6 +169,8 @@ def parse_config(spec: str) -> SpikingConfig:
                 octave = int(t)
             elif group.endswith("m") and (group[:-1] == "head" or f"encoder_{group[:-1]}" in GROUPS):
                 margins[group[:-1]] = float(t)
+            elif group.endswith("oct") and (group[:-3] == "head" or f"encoder_{group[:-3]}" in GROUPS):
+                octaves[group[:-3]] = int(t)
             else:
                 groups[group] = int(t)
     head = groups.pop("head", 1)
@@ -170,7 +180,8 @@ def parse_config(spec: str) -> SpikingConfig:
     if attn not in (0, 1):
         raise ValueError(f"config spec {spec!r}: attn=1 (spike-coded attention inputs) or attn=0 (the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
-                         layer_overrides=group_overrides(**groups) + margin_overrides(**margins),
+                         layer_overrides=group_overrides(**groups) + margin_overrides(**margins)
+                         + octave_overrides(**octaves),
                          spiking_head=bool(head),
                          threshold_weighting=weighting, spiking_attention=bool(attn), steps_per_octave=octave,
                          **({"threshold_rule": "sensitivity", "kl_budget": budget} if budget is not None else {}))
@@ -183,6 +194,10 @@ def config_spec(config: SpikingConfig) -> str:
         if set(settings) == {"threshold_margin_factor"} and (pattern == HEAD_ENCODER or pattern.startswith("*.encoder_")):
             group = "head" if pattern == HEAD_ENCODER else pattern.removeprefix("*.encoder_")
             groups.append(f"{group}m={settings['threshold_margin_factor']:g}")
+            continue
+        if set(settings) == {"steps_per_octave"} and (pattern == HEAD_ENCODER or pattern.startswith("*.encoder_")):
+            group = "head" if pattern == HEAD_ENCODER else pattern.removeprefix("*.encoder_")
+            groups.append(f"{group}oct={settings['steps_per_octave']}")
             continue
         if set(settings) != {"timesteps"} or not pattern.startswith("*.encoder_"):
             raise ValueError(f"no spec for override {pattern!r}: {settings}")

@@ -71,6 +71,10 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
     dense = parse_config("signed_digit:10:5:down=12,oct=3")
     assert dense.steps_per_octave == 3 and parse_config(config_spec(dense)) == dense
     assert parse_config("signed_digit:10:5").steps_per_octave == 1  # specs name their schedule
+    mixed = parse_config("signed_digit:10:5:attn=1,oct=3,poct=1")
+    assert mixed.for_encoder("model.layers.0.self_attn.encoder_p").steps_per_octave == 1
+    assert mixed.for_encoder("model.layers.0.self_attn.encoder_q").steps_per_octave == 3
+    assert parse_config(config_spec(mixed)) == mixed and config_name(mixed).endswith("+poct1+head+attn+oct3")
     with pytest.raises(ValueError, match="no preset matches"):
         select_configs(["sd-T99-*"])
     with pytest.raises(ValueError, match="unknown encoder group"):
