@@ -159,7 +159,8 @@ def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]
     for owner, group, name in sites:
         layers = group_consumers(owner, group)
         own = spiking.for_encoder(name)
-        encoder = SpikeEncoder(in_features(layers[0]), own.coding, own.timesteps, own.engine, own.steps_per_octave)
+        encoder = SpikeEncoder(in_features(layers[0]), own.coding, own.timesteps, own.engine, own.steps_per_octave,
+                               own.coarse_octaves)
         (owner.get_submodule(group.owner) if group.owner else owner).add_module(group.name, encoder)
         for path, layer in zip(group.consumers, layers):
             parent_path, _, attr = path.rpartition(".")
@@ -184,7 +185,8 @@ def _spikify_attention(model: nn.Module, arch: Architecture, spiking: SpikingCon
         attention = block.get_submodule(arch.attention)
         for name, channels in zip(attention_encoder_names(arch, i), (heads * head_dim, 1)):
             own = spiking.for_encoder(name)
-            encoder = SpikeEncoder(channels, own.coding, own.timesteps, own.engine, own.steps_per_octave)
+            encoder = SpikeEncoder(channels, own.coding, own.timesteps, own.engine, own.steps_per_octave,
+                               own.coarse_octaves)
             attention.add_module(name.rsplit(".", 1)[-1], encoder)
             encoders[name] = encoder
         attention.get_submodule(PROBABILITY_ENCODER).threshold.fill_(PROBABILITY_THRESHOLD)

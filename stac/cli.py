@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .coding import CODINGS
-from .config import SpikingConfig
+from .config import DEFAULT_COARSE_OCTAVES, DEFAULT_STEPS_PER_OCTAVE, SpikingConfig
 
 
 def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -16,8 +16,9 @@ def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None
                              "12 with --kl-budget)")
     parser.add_argument("--coding", default=SpikingConfig.coding, choices=sorted(CODINGS))
     parser.add_argument("--steps-per-octave", type=int,
-                        help=f"signed_digit: spike weights round(2^(i/m)) over about m x T steps, the same levels "
-                             f"with fewer spikes (default {SpikingConfig.steps_per_octave}; 1: powers of two)")
+                        help=f"signed_digit: spike weights round(2^(i/m)) below the top {DEFAULT_COARSE_OCTAVES} "
+                             "octaves, the same levels with fewer spikes over more steps (default "
+                             f"{DEFAULT_STEPS_PER_OCTAVE['signed_digit']}; 1: powers of two)")
     parser.add_argument("--margin", type=float,
                         help=f"threshold = margin x per-channel max |x| on calibration text{note} (default "
                              f"{SpikingConfig.threshold_margin:g}; with --kl-budget the floor, default 2)")

@@ -46,8 +46,9 @@ class Coding:
     # Codings that can spread their spike weights over more steps (``steps_per_octave`` > 1).
     max_steps_per_octave: int = 1
 
-    def __init__(self, timesteps: int, steps_per_octave: int = 1):
-        for label, value in (("timesteps", timesteps), ("steps_per_octave", steps_per_octave)):
+    def __init__(self, timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0):
+        for label, value in (("timesteps", timesteps), ("steps_per_octave", steps_per_octave),
+                             ("coarse_octaves", coarse_octaves)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{label} must be an int, got {type(value).__name__}")
         if not 1 <= timesteps <= self.max_timesteps:
@@ -60,8 +61,12 @@ class Coding:
                 f"got {steps_per_octave}" + ("" if self.max_steps_per_octave > 1 else
                                              " (denser step schedules exist for signed_digit only)")
             )
+        if not 0 <= coarse_octaves <= self.max_timesteps:
+            raise ValueError(f"coarse_octaves must lie in 0 .. {self.max_timesteps}, got {coarse_octaves}")
         self.timesteps = timesteps
         self.steps_per_octave = steps_per_octave
+        # with steps_per_octave > 1: how many top octaves keep one step each (no effect otherwise)
+        self.coarse_octaves = coarse_octaves
 
     @property
     def steps(self) -> int:
@@ -174,17 +179,18 @@ class BitPlaneCoding(Coding):
         seq[0] = u
         return seq
 
-    def __init__(self, timesteps: int, steps_per_octave: int = 1):
-        super().__init__(timesteps, steps_per_octave)
+    def __init__(self, timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0):
+        super().__init__(timesteps, steps_per_octave, coarse_octaves)
         # a plain attribute, not a cached_property: torch.export cannot trace the latter's lock
-        self._weights = step_weights_bitplane(timesteps, steps_per_octave)
+        self._weights = step_weights_bitplane(timesteps, steps_per_octave, coarse_octaves)
 
     @property
     def steps(self) -> int:
         return len(self._weights)
 
     def make_node(self):
-        return BitPlaneNode(self.timesteps, self.sparsity, step_mode="m", steps_per_octave=self.steps_per_octave)
+        return BitPlaneNode(self.timesteps, self.sparsity, step_mode="m", steps_per_octave=self.steps_per_octave,
+                            coarse_octaves=self.coarse_octaves)
 
     def simulate(self, node, u):
         return node.run_pulse(u)
@@ -218,7 +224,7 @@ class BitPlaneCoding(Coding):
     def spike_count(self, levels):
         if _kernel_applies(levels):
             return _kernel_bitplane_spike_count(levels, *self._count_tables)
-        return bitplane_spike_count(levels, self.timesteps, self.sparsity, self.steps_per_octave)
+        return bitplane_spike_count(levels, self.timesteps, self.sparsity, self.steps_per_octave, self.coarse_octaves)
 
     @property
     def max_level(self):
@@ -228,17 +234,18 @@ class BitPlaneCoding(Coding):
 class SignedDigitCoding(BitPlaneCoding):
     """Bit-plane timing with a signed-digit firing rule: same levels as ``bitplane``, fewer spikes.
 
-    With ``steps_per_octave`` m > 1 the spike weights are denser (``stac.neurons.step_weights_bitplane``):
-    the same levels again, with fewer spikes and about m times the steps. Each m has the firing fraction
+    With ``steps_per_octave`` m > 1 the spike weights are denser (``stac.neurons.step_weights_bitplane``)
+    below the top ``coarse_octaves`` octaves: the same levels again, with fewer spikes and about m times
+    the steps. Each m has the firing fraction
     c that gave the fewest spikes on SmolLM2-135M's encoder inputs (docs/experiments/dense_schedule.py).
     """
 
     name = "signed_digit"
-    max_steps_per_octave = 4
-    SPARSITY_BY_STEPS_PER_OCTAVE = {1: 0.75, 2: 0.85, 3: 0.9, 4: 0.93}
+    max_steps_per_octave = 6
+    SPARSITY_BY_STEPS_PER_OCTAVE = {1: 0.75, 2: 0.85, 3: 0.9, 4: 0.93, 5: 0.93, 6: 0.95}
 
-    def __init__(self, timesteps: int, steps_per_octave: int = 1):
-        super().__init__(timesteps, steps_per_octave)
+    def __init__(self, timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0):
+        super().__init__(timesteps, steps_per_octave, coarse_octaves)
         self.sparsity = self.SPARSITY_BY_STEPS_PER_OCTAVE[steps_per_octave]
 
 
@@ -247,13 +254,13 @@ CODINGS: dict[str, Callable[[int], Coding]] = {
 }
 
 
-def make_coding(name: str, timesteps: int, steps_per_octave: int = 1) -> Coding:
+def make_coding(name: str, timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0) -> Coding:
     """Look up a coding by name; unknown names raise a ValueError listing the known ones."""
     try:
         cls = CODINGS[name]
     except KeyError:
         raise ValueError(f"unknown spike coding {name!r}; known codings: {sorted(CODINGS)}") from None
-    return cls(timesteps, steps_per_octave)
+    return cls(timesteps, steps_per_octave, coarse_octaves)
 
 
 def log2_levels(coding: Coding) -> float:

@@ -15,7 +15,7 @@ ENGINES = ("closed_form", "time_stepped")
 # stac.thresholds.sensitivity_thresholds; docs/levers.md (l)).
 THRESHOLD_RULES = ("margin", "sensitivity")
 OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "threshold_margin_factor",
-               "steps_per_octave")
+               "steps_per_octave", "coarse_octaves")
 
 # The default per-layer allocation of timesteps and margins, chosen by measured sensitivity (docs/levers.md):
 # the input of the MLP's output projection (Llama down_proj, GPT-2 mlp.c_proj) carries the model's outlier
@@ -32,10 +32,11 @@ DEFAULT_LAYER_OVERRIDES = (
     ("encoder_head", {"threshold_margin_factor": 1.6}),
 )
 
-# Steps per octave of a coding's spike weights when the config does not say: signed_digit runs 3 (the
-# same levels as powers of two, 27% fewer synaptic ops on SmolLM2-135M for about 2.7x the steps; measured
-# in docs/levers.md (m)); every other coding has only 1.
-DEFAULT_STEPS_PER_OCTAVE = {"signed_digit": 3}
+# Steps per octave of a coding's spike weights when the config does not say: signed_digit runs 4 below
+# its top 3 octaves (coarse_octaves), one step per octave above; the same levels as powers of two, with
+# fewer synaptic ops on SmolLM2-135M for more steps (docs/levers.md (m)). Every other coding has only 1.
+DEFAULT_STEPS_PER_OCTAVE = {"signed_digit": 4}
+DEFAULT_COARSE_OCTAVES = 3
 
 # What stays in floating point in a converted model (written into the saved config so that a reader of the
 # checkpoint knows exactly which operations are spike-driven and which are not).
@@ -75,6 +76,11 @@ class SpikingConfig:
     # (stac.neurons; docs/levers.md (m)). None: the coding's default, DEFAULT_STEPS_PER_OCTAVE (stored
     # resolved). Older checkpoints lack the key; from_dict reads it as 1, what they ran.
     steps_per_octave: int | None = None
+    # With steps_per_octave > 1: the top octaves of each neuron's range that keep one step each (powers of
+    # two). At margin 5 they lie above the calibration maximum, where only outliers reach, so m steps there
+    # cost steps and save next to no spikes. None: DEFAULT_COARSE_OCTAVES with m > 1, else 0 (stored
+    # resolved). Older checkpoints lack the key; from_dict reads it as 0.
+    coarse_octaves: int | None = None
     # threshold = margin * per-channel max |x| on calibration data (then weighted, see threshold_weighting)
     threshold_margin: float = 5.0
     engine: str = "closed_form"  # "closed_form" (fast, no T loop) or "time_stepped" (spike trains)
@@ -107,8 +113,10 @@ class SpikingConfig:
     def __post_init__(self):
         if self.steps_per_octave is None and isinstance(self.coding, str):
             object.__setattr__(self, "steps_per_octave", DEFAULT_STEPS_PER_OCTAVE.get(self.coding, 1))
+        if self.coarse_octaves is None and isinstance(self.steps_per_octave, int):
+            object.__setattr__(self, "coarse_octaves", DEFAULT_COARSE_OCTAVES if self.steps_per_octave > 1 else 0)
         for name, kind in (("timesteps", int), ("coding", str), ("engine", str), ("threshold_rule", str),
-                           ("steps_per_octave", int)):
+                           ("steps_per_octave", int), ("coarse_octaves", int)):
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise TypeError(f"SpikingConfig.{name} must be {kind.__name__}, got {value!r}")
@@ -124,7 +132,7 @@ class SpikingConfig:
             raise ValueError(f"unknown threshold rule {self.threshold_rule!r}; known rules: {list(THRESHOLD_RULES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; known engines: {list(ENGINES)}")
-        make_coding(self.coding, self.timesteps, self.steps_per_octave)  # range-checks T and m for this coding
+        make_coding(self.coding, self.timesteps, self.steps_per_octave, self.coarse_octaves)  # range checks
         if not isinstance(self.float_operations, (list, tuple)) or not all(
                 isinstance(op, str) for op in self.float_operations):
             raise TypeError(f"SpikingConfig.float_operations must be a list of strings, got {self.float_operations!r}")
@@ -204,7 +212,7 @@ class SpikingConfig:
         if not saved:
             return cls(**d)
         return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False,
-                      "threshold_rule": "margin", "steps_per_octave": 1, **d})
+                      "threshold_rule": "margin", "steps_per_octave": 1, "coarse_octaves": 0, **d})
 
     @classmethod
     def by_sensitivity(cls, kl_budget: float, timesteps: int = 12, threshold_margin: float = 2.0,
@@ -224,8 +232,11 @@ class SpikingConfig:
 
 def _coding_default_steps(settings: dict) -> dict:
     """``settings`` where a change of coding that does not name steps_per_octave takes the new coding's
-    default (so that ``coding="rate"`` never inherits signed_digit's denser schedule)."""
+    default (so that ``coding="rate"`` never inherits signed_digit's denser schedule), and a change of
+    either that does not name coarse_octaves takes its default for the new schedule."""
     settings = dict(settings)
     if "coding" in settings and "steps_per_octave" not in settings:
         settings["steps_per_octave"] = None
+    if ("coding" in settings or "steps_per_octave" in settings) and "coarse_octaves" not in settings:
+        settings["coarse_octaves"] = None
     return settings

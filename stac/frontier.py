@@ -47,12 +47,14 @@ def config_name(config: SpikingConfig) -> str:
             str(_SHORT.get(v, v)) if k == "coding" else (
                 f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else (
                     f"mx{v:g}" if k == "threshold_margin_factor" else (
-                        f"oct{v}" if k == "steps_per_octave" else f"m{v:g}"))))
+                        f"oct{v}" if k == "steps_per_octave" else (
+                            f"top{v}" if k == "coarse_octaves" else f"m{v:g}")))))
             for k, v in settings.items())
     name += "+head" if config.spiking_head else ""
     name += "+attn" if config.spiking_attention else ""
     name += f"+kl{config.kl_budget:g}" if config.threshold_rule == "sensitivity" else ""
-    name += f"+oct{config.steps_per_octave}" if config.steps_per_octave != 1 else ""
+    if config.steps_per_octave != 1:
+        name += f"+oct{config.steps_per_octave}" + (f"top{config.coarse_octaves}" if config.coarse_octaves else "")
     return name + (f"+w{config.threshold_weighting:g}" if config.threshold_weighting else "")
 
 
@@ -87,12 +89,12 @@ def octave_overrides(**steps: int) -> tuple[tuple[str, dict], ...]:
 
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
         head_margin: float = 1.0, margins: dict[str, float] | None = None, octave: int = 1,
-        octaves: dict[str, int] | None = None, **groups: int) -> SpikingConfig:
+        octaves: dict[str, int] | None = None, top: int = 0, **groups: int) -> SpikingConfig:
     margins = {**(margins or {}), **({"head": head_margin} if head_margin != 1 else {})}
     overrides = group_overrides(**groups) + margin_overrides(**margins) + octave_overrides(**(octaves or {}))
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn,
-                         steps_per_octave=octave)
+                         steps_per_octave=octave, coarse_octaves=top)
 
 
 # The sweep of docs/levers.md, in the order it runs: codings at equal T, T, margins, per-group sensitivity
@@ -130,7 +132,7 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}),
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, attn=True),
     # thresholds by measured sensitivity under a KL budget (stac.sensitivity), T=12, floor 2x max
-    *(SpikingConfig.by_sensitivity(budget, steps_per_octave=1) for budget in (0.0015, 0.0017, 0.002, 0.0028, 0.0035)),
+    *(SpikingConfig.by_sensitivity(budget, steps_per_octave=1, coarse_octaves=0) for budget in (0.0015, 0.0017, 0.002, 0.0028, 0.0035)),
     # denser spike weights (3 steps per octave: the same levels, fewer spikes, more steps) on the default,
     # with spiking attention, with the wider down_proj range, and on by_sensitivity(0.002)
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=3),
@@ -140,7 +142,15 @@ SWEEP: tuple[SpikingConfig, ...] = (
     # the softmax weights' neurons drive only head_dim + 1 synapses: one step per octave there
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=3, attn=True, octaves={"p": 1}),
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, octave=3),
-    SpikingConfig.by_sensitivity(0.002, steps_per_octave=3),
+    SpikingConfig.by_sensitivity(0.002, steps_per_octave=3, coarse_octaves=0),
+    # one step per octave kept for the top octaves of the range (above the calibration maximum)
+    *(_sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=m, top=top)
+      for m, top in ((3, 3), (4, 3), (4, 2), (4, 4), (5, 3), (5, 4))),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=4, top=3, attn=True,
+        octaves={"p": 1}),
+    _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, octave=4,
+        top=3),
+    SpikingConfig.by_sensitivity(0.002, steps_per_octave=4, coarse_octaves=3),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -152,12 +162,13 @@ def parse_config(spec: str) -> SpikingConfig:
     (absent: 0, thresholds at margin x max only); ``attn=1`` spike-codes the attention's queries and
     probabilities (their T: ``q=``, ``p=``); ``headm=1.6``, ``downm=4`` multiply the lm_head encoder's or a
     group's margin; ``kl=0.0015`` sets thresholds by sensitivity under that KL budget (the margin is then
-    the floor); ``oct=3`` sets 3 steps per octave (absent: 1, powers of two), ``poct=1`` a group's own.
+    the floor); ``oct=3`` sets 3 steps per octave (absent: 1, powers of two), ``poct=1`` a group's own;
+    ``top=3`` keeps the top 3 octaves at one step each (absent: 0).
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, margins, octaves, weighting, budget, octave = {}, {}, {}, 0.0, None, 1
+    groups, margins, octaves, weighting, budget, octave, top = {}, {}, {}, 0.0, None, 1, 0
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
@@ -167,6 +178,8 @@ def parse_config(spec: str) -> SpikingConfig:
                 budget = float(t)
             elif group == "oct":
                 octave = int(t)
+            elif group == "top":
+                top = int(t)
             elif group.endswith("m") and (group[:-1] == "head" or f"encoder_{group[:-1]}" in GROUPS):
                 margins[group[:-1]] = float(t)
             elif group.endswith("oct") and (group[:-3] == "head" or f"encoder_{group[:-3]}" in GROUPS):
@@ -184,6 +197,7 @@ def parse_config(spec: str) -> SpikingConfig:
                          + octave_overrides(**octaves),
                          spiking_head=bool(head),
                          threshold_weighting=weighting, spiking_attention=bool(attn), steps_per_octave=octave,
+                         coarse_octaves=top,
                          **({"threshold_rule": "sensitivity", "kl_budget": budget} if budget is not None else {}))
 
 
@@ -212,6 +226,8 @@ def config_spec(config: SpikingConfig) -> str:
         groups.append(f"kl={config.kl_budget:g}")
     if config.steps_per_octave != 1:
         groups.append(f"oct={config.steps_per_octave}")
+    if config.coarse_octaves:
+        groups.append(f"top={config.coarse_octaves}")
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 
@@ -446,7 +462,8 @@ def frontier_markdown(rows: list[dict], command: str, date: str | None = None) -
               "lm_head's input spikes; `+attn`: the attention's queries and softmax weights spike "
               "(`stac.attention`; `+q12`, `+p12`: their T), and their work counts as attention; `+w0.5`: "
               "threshold weighting 0.5; `+kl0.002`: thresholds by sensitivity under that KL budget; `+oct3`: "
-              "3 steps per octave (denser spike weights: the same levels, fewer spikes, about 3T steps). "
+              "3 steps per octave (denser spike weights: the same levels, fewer spikes, about 3T steps); `+oct4top3`: "
+              "4 steps per octave below the top 3 octaves, one step each there. "
               "`spikes/neuron`: the weight matmuls' encoders.", "",
               "![frontier](frontier.png)", ""]
     return "\n".join(lines)

@@ -155,7 +155,8 @@ def model_card(config: StacConfig, repo_id: str, results: dict | None = None) ->
     spiking = config.spiking
     base_text = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{base or 'unknown'}`"
     rows = [("timesteps T", spiking["timesteps"]), ("spike coding", spiking["coding"]),
-            *([("steps per octave (denser spike weights, about m x T steps)", spiking["steps_per_octave"])]
+            *([("steps per octave (denser spike weights, about m x T steps)", spiking["steps_per_octave"]),
+               ("top octaves at one step each", spiking.get("coarse_octaves", 0))]
               if spiking.get("steps_per_octave", 1) > 1 else []),
             ("threshold margin", spiking["threshold_margin"]),
             ("threshold weighting by column norms", spiking["threshold_weighting"]),

@@ -80,10 +80,10 @@ class SpikeEncoder(nn.Module):
     """
 
     def __init__(self, channels: int, coding: str, timesteps: int, engine: str = "closed_form",
-                 steps_per_octave: int = 1):
+                 steps_per_octave: int = 1, coarse_octaves: int = 0):
         super().__init__()
         self.channels = channels
-        self.coding = make_coding(coding, timesteps, steps_per_octave)
+        self.coding = make_coding(coding, timesteps, steps_per_octave, coarse_octaves)
         self.node = self.coding.make_node()
         self.engine = engine
         self.register_buffer("threshold", torch.ones(channels))

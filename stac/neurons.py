@@ -26,6 +26,8 @@ of the rounded input alone.
 
 With m steps per octave (``steps_per_octave``) the spike weights are denser: the distinct integers
 round(2^(i/m)), i = 0 .. m*T - 1, largest first (m = 3: ..., 32, 25, 20, 16, 13, 10, 8, 6, 5, 4, 3, 2, 1).
+The top ``coarse_octaves`` octaves of the range (above the calibration maximum at the default margins,
+reached only by outliers) keep one step each, powers of two, so that they cost one step, not m.
 The same integers -(2^T - 1) .. 2^T - 1 stay exactly representable (any c in [1/2, 1) with weights
 falling by at most 2x per step down to 1), but a neuron needs fewer spikes for them: one spike lands
 within about 12% of a value instead of 33%, at the price of more steps (about m*T). A spike's weight
@@ -120,7 +122,8 @@ class BitPlaneNode(SimpleBaseNode):
     (``steps``). State: membrane ``v`` and step counter ``t``.
     """
 
-    def __init__(self, timesteps: int, sparsity: float = 1.0, step_mode: str = "m", steps_per_octave: int = 1):
+    def __init__(self, timesteps: int, sparsity: float = 1.0, step_mode: str = "m", steps_per_octave: int = 1,
+                 coarse_octaves: int = 0):
         super().__init__(v_threshold=1.0, v_reset=None, step_mode=step_mode)
         if timesteps < 1:
             raise ValueError(f"BitPlaneNode needs timesteps >= 1, got {timesteps}")
@@ -132,7 +135,8 @@ class BitPlaneNode(SimpleBaseNode):
         self.timesteps = timesteps
         self.steps_per_octave = steps_per_octave
         self.sparsity = sparsity
-        self.step_weights = step_weights_bitplane(timesteps, steps_per_octave)
+        self.coarse_octaves = coarse_octaves
+        self.step_weights = step_weights_bitplane(timesteps, steps_per_octave, coarse_octaves)
         self.steps = len(self.step_weights)
         self.thresholds = [math.ceil(sparsity * w) - 0.5 for w in self.step_weights]
         self._float_weights = [float(w) for w in self.step_weights]
@@ -180,20 +184,25 @@ class BitPlaneNode(SimpleBaseNode):
         return train
 
     def extra_repr(self) -> str:
-        extra = f", steps_per_octave={self.steps_per_octave}, steps={self.steps}" if self.steps_per_octave > 1 else ""
+        extra = (f", steps_per_octave={self.steps_per_octave}, coarse_octaves={self.coarse_octaves}, steps={self.steps}"
+                 if self.steps_per_octave > 1 else "")
         return f"timesteps={self.timesteps}, sparsity={self.sparsity}{extra}"
 
 
-def step_weights_bitplane(timesteps: int, steps_per_octave: int = 1) -> list[int]:
+def step_weights_bitplane(timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0) -> list[int]:
     """Weight of a spike at each step, largest first: 2^(T-1), ..., 2, 1; with m steps per octave the
-    distinct integers round(2^(i/m)), i = 0 .. m*T - 1 (m = 2: ..., 16, 11, 8, 6, 4, 3, 2, 1)."""
+    distinct integers round(2^(i/m)), i = 0 .. m*(T - coarse_octaves) - 1 (m = 2: ..., 16, 11, 8, 6, 4,
+    3, 2, 1), and the powers of two above them."""
+    binary = [2 ** (timesteps - 1 - t) for t in range(timesteps)]
     if steps_per_octave == 1:
-        return [2 ** (timesteps - 1 - t) for t in range(timesteps)]
+        return binary
     m = steps_per_octave
-    return sorted({round(2 ** (i / m)) for i in range(m * timesteps)}, reverse=True)
+    dense = {round(2 ** (i / m)) for i in range(m * (timesteps - coarse_octaves))}
+    return sorted(dense | set(binary), reverse=True)
 
 
-def bitplane_digits(levels: torch.Tensor, timesteps: int, sparsity: float, steps_per_octave: int = 1) -> torch.Tensor:
+def bitplane_digits(levels: torch.Tensor, timesteps: int, sparsity: float, steps_per_octave: int = 1,
+                    coarse_octaves: int = 0) -> torch.Tensor:
     """The spike train a BitPlaneNode emits for integer inputs ``levels``, computed on integers.
 
     Returns int8 digits of shape [steps, *levels.shape]. Mirrors BitPlaneNode decision for decision
@@ -201,7 +210,7 @@ def bitplane_digits(levels: torch.Tensor, timesteps: int, sparsity: float, steps
     """
     r = levels.to(torch.int64)
     digits = []
-    for w in step_weights_bitplane(timesteps, steps_per_octave):
+    for w in step_weights_bitplane(timesteps, steps_per_octave, coarse_octaves):
         k = math.ceil(sparsity * w)
         s = (r >= k).to(torch.int64) - (r <= -k).to(torch.int64)
         r = r - s * w
@@ -210,11 +219,11 @@ def bitplane_digits(levels: torch.Tensor, timesteps: int, sparsity: float, steps
 
 
 def bitplane_spike_count(levels: torch.Tensor, timesteps: int, sparsity: float,
-                         steps_per_octave: int = 1) -> torch.Tensor:
+                         steps_per_octave: int = 1, coarse_octaves: int = 0) -> torch.Tensor:
     """Number of spikes a BitPlaneNode emits per neuron for integer inputs ``levels`` (int64)."""
     r = levels.to(torch.int64)
     count = torch.zeros_like(r)
-    for w in step_weights_bitplane(timesteps, steps_per_octave):
+    for w in step_weights_bitplane(timesteps, steps_per_octave, coarse_octaves):
         k = math.ceil(sparsity * w)
         s = (r >= k).to(torch.int64) - (r <= -k).to(torch.int64)
         r = r - s * w

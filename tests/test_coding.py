@@ -9,6 +9,12 @@ from stac.coding import CODINGS, make_coding
 
 # Every coding, plus signed_digit's denser step schedules (steps_per_octave 2-4).
 VARIANTS = [(name, 1) for name in sorted(CODINGS)] + [("signed_digit", m) for m in (2, 3, 4)]
+VARIANTS += [("signed_digit", (4, 3)), ("signed_digit", (3, 1))]  # (m, top octaves at one step each)
+
+
+def coding_of(name, timesteps, octave):
+    m, top = octave if isinstance(octave, tuple) else (octave, 0)
+    return make_coding(name, timesteps, m, top)
 
 
 def simulate(coding, u):
@@ -22,7 +28,7 @@ def simulate(coding, u):
 @pytest.mark.parametrize("name,octave", VARIANTS)
 @pytest.mark.parametrize("timesteps", [1, 2, 5, 12])
 def test_train_sums_to_closed_form_levels_and_counts(name, octave, timesteps):
-    coding = make_coding(name, timesteps, octave)
+    coding = coding_of(name, timesteps, octave)
     torch.manual_seed(timesteps)
     threshold = torch.rand(32) + 0.05
     x = torch.randn(200, 32) * 0.5
@@ -42,7 +48,7 @@ def test_train_sums_to_closed_form_levels_and_counts(name, octave, timesteps):
        st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=40),
        st.floats(1e-3, 50.0))
 def test_closed_form_matches_neurons_for_any_input(variant, timesteps, values, threshold):
-    coding = make_coding(variant[0], timesteps, variant[1])
+    coding = coding_of(variant[0], timesteps, variant[1])
     x = torch.tensor(values, dtype=torch.float32)
     th = torch.full_like(x, threshold)
     u = coding.normalise(x, th)
@@ -83,7 +89,7 @@ def test_unknown_coding_and_bad_timesteps_are_refused():
 @given(st.sampled_from(VARIANTS), st.integers(1, 14),
        st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=40))
 def test_fused_multistep_run_equals_the_step_by_step_neuron(variant, timesteps, values):
-    coding = make_coding(variant[0], timesteps, variant[1])
+    coding = coding_of(variant[0], timesteps, variant[1])
     u = coding.normalise(torch.tensor(values, dtype=torch.float32), torch.full((len(values),), 3.0))
     node = coding.make_node()
     node.reset()
@@ -107,11 +113,11 @@ def test_fused_closed_form_equals_normalise_then_levels(name):
                        coding.levels(coding.normalise(x, threshold)))
 
 
-@pytest.mark.parametrize("octave", [2, 3, 4])
+@pytest.mark.parametrize("octave", [2, 3, 4, (4, 3)])
 def test_denser_schedules_code_the_same_levels_with_fewer_spikes_over_more_steps(octave):
     base = make_coding("signed_digit", 10)
-    dense = make_coding("signed_digit", 10, octave)
-    torch.manual_seed(octave)
+    dense = coding_of("signed_digit", 10, octave)
+    torch.manual_seed(10)
     threshold = torch.rand(64) + 0.05
     x = torch.distributions.Laplace(0.0, 0.05).sample((400, 64))  # heavy-tailed, like encoder inputs
     unit = base.unit(threshold)
@@ -127,11 +133,13 @@ def test_denser_schedules_code_the_same_levels_with_fewer_spikes_over_more_steps
 
 def test_denser_schedules_exist_for_signed_digit_only_and_in_range():
     assert make_coding("signed_digit", 4, 2).step_weights().tolist() == [11, 8, 6, 4, 3, 2, 1]
+    # the top 3 octaves of 6 at one step each, 4 steps per octave below
+    assert make_coding("signed_digit", 6, 4, 3).step_weights().tolist() == [32, 16, 8, 7, 6, 5, 4, 3, 2, 1]
     for name in ("rate", "bitplane"):
         with pytest.raises(ValueError, match="signed_digit only"):
             make_coding(name, 8, 2)
     with pytest.raises(ValueError, match="steps_per_octave"):
-        make_coding("signed_digit", 8, 5)
+        make_coding("signed_digit", 8, 7)
     with pytest.raises(ValueError, match="steps_per_octave"):
         make_coding("signed_digit", 8, 0)
     with pytest.raises(TypeError, match="steps_per_octave"):

@@ -20,8 +20,10 @@ from stac import SpikingConfig, StacConfig, StacFormatError
     (dict(threshold_margin="4"), TypeError, "number"),
     (dict(coding="bitplane", timesteps=40), ValueError, "timesteps"),
     (dict(steps_per_octave=0), ValueError, "steps_per_octave"),
-    (dict(steps_per_octave=5), ValueError, "steps_per_octave"),
+    (dict(steps_per_octave=7), ValueError, "steps_per_octave"),
     (dict(steps_per_octave=2.0), TypeError, "steps_per_octave"),
+    (dict(coarse_octaves=-1), ValueError, "coarse_octaves"),
+    (dict(coarse_octaves=1.0), TypeError, "coarse_octaves"),
     (dict(coding="rate", steps_per_octave=2), ValueError, "signed_digit only"),
     (dict(layer_overrides=[("*", {"coding": "bitplane", "steps_per_octave": 2})]), ValueError, "signed_digit only"),
 ])
@@ -39,18 +41,20 @@ def test_spiking_config_round_trips_through_a_dict():
 
 
 def test_each_coding_gets_its_own_default_steps_per_octave():
-    assert SpikingConfig().steps_per_octave == 3 and SpikingConfig(coding="rate").steps_per_octave == 1
+    assert SpikingConfig().steps_per_octave == 4 and SpikingConfig(coding="rate").steps_per_octave == 1
     assert SpikingConfig().replace(coding="bitplane").steps_per_octave == 1
     assert SpikingConfig(steps_per_octave=2).replace(timesteps=8).steps_per_octave == 2
+    assert (SpikingConfig().coarse_octaves, SpikingConfig(steps_per_octave=1).coarse_octaves) == (3, 0)
+    assert SpikingConfig(steps_per_octave=1).replace(steps_per_octave=3).coarse_octaves == 3
     mixed = SpikingConfig(layer_overrides=[("*.encoder_o", {"coding": "rate"})])
     assert mixed.for_encoder("model.layers.0.self_attn.encoder_o").steps_per_octave == 1
-    assert mixed.for_encoder("model.layers.0.mlp.encoder_down").steps_per_octave == 3
+    assert mixed.for_encoder("model.layers.0.mlp.encoder_down").steps_per_octave == 4
 
 
 def test_a_checkpoint_from_before_dense_schedules_reads_as_one_step_per_octave():
     old = SpikingConfig().to_dict()
-    del old["steps_per_octave"]
-    assert SpikingConfig.from_dict(old).steps_per_octave == 1
+    del old["steps_per_octave"], old["coarse_octaves"]
+    assert (SpikingConfig.from_dict(old).steps_per_octave, SpikingConfig.from_dict(old).coarse_octaves) == (1, 0)
 
 
 def test_unknown_keys_in_a_saved_spiking_config_are_refused():
