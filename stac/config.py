@@ -30,6 +30,9 @@ DEFAULT_LAYER_OVERRIDES = (
     # The lm_head's input: a 1.6x wider margin (8 at the default 5) fires 9% fewer spikes there with no
     # more output error than margin 5 (docs/levers.md (j)).
     ("encoder_head", {"threshold_margin_factor": 1.6}),
+    # With spiking_attention: the softmax weights' neurons drive head_dim + 1 synapses each, too few for
+    # denser spike weights to pay for their steps (docs/levers.md (m)): one step per octave there.
+    ("*.encoder_p", {"steps_per_octave": 1}),
 )
 
 # Steps per octave of a coding's spike weights when the config does not say: signed_digit runs 4 below
