@@ -2,7 +2,9 @@
 
 The default codes each level L (an integer, |L| <= 2^B - 1) with signed spikes weighted 2^(B-1), ..., 2, 1:
 one step per octave. With m steps per octave the weights are the distinct integers round(2^(i/m)),
-i = 0 .. m*B - 1, largest first (m = 2: ..., 16, 11, 8, 6, 4, 3, 2, 1), and the same greedy signed rule
+i = 0 .. m*(B - top) - 1, and the powers of two above them (the top ``top`` octaves at one step each),
+largest first (m = 2, top 0: ..., 16, 11, 8, 6, 4, 3, 2, 1; stac.neurons.step_weights_bitplane), and
+the same greedy signed rule
 fires +1 if r >= ceil(c*w_t), -1 if r <= -ceil(c*w_t), r -= s*w_t. Every level stays exactly
 representable, so the decoded values, and the model's outputs, are the same; only the spikes change.
 More steps cost more neuron updates (one per neuron and step) and accumulator steps (one per output and
@@ -18,11 +20,11 @@ import os
 import torch
 
 import stac
-from stac.architectures import architecture_for, blocks_of, encoder_name, group_consumers, head_encoder_name
-from stac.architectures import synapse_weights
+from stac.architectures import architecture_for, encoder_inputs, synapse_weights
 from stac.calibration import default_calibration
 from stac.data import read_text, token_windows
 from stac.frontier import calibrate, convert_calibrated
+from stac.neurons import step_weights_bitplane
 
 torch.set_num_threads(int(os.environ.get("THREADS", 1)))
 NEVAL = int(os.environ.get("NEVAL", 1024))
@@ -34,10 +36,6 @@ stats = calibrate(ann, default_calibration(tok))
 snn = convert_calibrated(ann, stac.SpikingConfig(), stats)
 enc_by_key = {name.removeprefix("model."): enc for name, enc in snn.encoders.items()}
 fan = {enc: sum(w.shape[0] for w in ws) for enc, ws in synapse_weights(snn).items()}
-
-
-def schedule(bits, m):
-    return sorted({int(round(2 ** (i / m))) for i in range(m * bits)}, reverse=True)
 
 
 def count(levels, weights, c):
@@ -52,19 +50,14 @@ def count(levels, weights, c):
     return n
 
 
-acts, handles = {}, []
+acts = {}
 
 
-def pre(key):
-    def hook(module, args):
-        acts.setdefault(key, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
-    return hook
+def keep(key):
+    return lambda module, args: acts.setdefault(key, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
 
 
-for i, block in enumerate(blocks_of(ann, arch)):
-    for group in arch.groups:
-        handles.append(group_consumers(block, group)[0].register_forward_pre_hook(pre(encoder_name(arch, i, group))))
-handles.append(group_consumers(ann, arch.head)[0].register_forward_pre_hook(pre(head_encoder_name(arch))))
+handles = [layer.register_forward_pre_hook(keep(key)) for key, layer in encoder_inputs(ann, arch)]
 with torch.no_grad():
     for ids in token_windows(tok, read_text("lee_background"), NEVAL, 512):
         ann(input_ids=ids.reshape(1, -1), use_cache=False)
@@ -88,10 +81,10 @@ for k, xs in acts.items():
 torch.save({"hist": hist, "cost": cost}, "out/level_hist.pt")
 
 
-def measure(m, c):
+def measure(m, c, top=0):
     syn = steps = 0.0
     for bits, h in hist.items():
-        w = schedule(bits, m)
+        w = step_weights_bitplane(bits, m, top)
         syn += float((count(torch.arange(2 ** bits), w, c).double() * h).sum())
         n, o = cost[bits]
         steps += len(w) * n + (len(w) - 1) * o
@@ -100,9 +93,10 @@ def measure(m, c):
 
 base_syn, base_steps = measure(1, 0.75)
 base = base_syn * E_AC + base_steps * E_EW
-for m in (1, 2, 3, 4, 5, 6, 8):
-    for c in (0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97):
-        syn, steps = measure(m, c)
-        e = syn * E_AC + steps * E_EW
-        print(f"m={m} c={c:.2f}: synops/token {syn / 1e6:6.1f}M ({syn / base_syn:.3f}), step ops {steps / 1e6:5.2f}M, "
-              f"spiking-layer energy change {(e - base) * 1e6:+6.1f} uJ")
+variants = [(m, c, 0) for m in (1, 2, 3, 4, 5, 6, 8) for c in (0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)]
+variants += [(m, c, top) for m, c in ((3, 0.9), (4, 0.93), (5, 0.93), (6, 0.95)) for top in (1, 2, 3, 4, 5)]
+for m, c, top in variants:
+    syn, steps = measure(m, c, top)
+    e = syn * E_AC + steps * E_EW
+    print(f"m={m} c={c:.2f} top={top}: synops/token {syn / 1e6:6.1f}M ({syn / base_syn:.3f}), step ops {steps / 1e6:5.2f}M, "
+          f"spiking-layer energy change {(e - base) * 1e6:+6.1f} uJ")
