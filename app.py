@@ -169,7 +169,7 @@ def raster_figure(m: ReplyMetrics | None) -> Figure:
             if points:
                 ts, js = zip(*points)
                 ax.scatter(ts, js, marker="|", s=60, color=color, label=f"{sign:+d}")
-        ax.set_xlabel("timestep")
+        ax.set_xlabel("step")
         ax.set_ylabel("neuron")
         ax.set_yticks(range(len(raster.neurons)), [str(n) for n in raster.neurons], fontsize=6)
         ax.set_xlim(-0.5, len(raster.train) - 0.5)

@@ -165,6 +165,9 @@ class SpikingConfig:
             unknown = sorted(set(settings) - set(OVERRIDABLE))
             if unknown:
                 raise ValueError(f"layer override {pattern!r} sets {unknown}; only {list(OVERRIDABLE)} can vary")
+            for key in ("steps_per_octave", "coarse_octaves"):
+                if key in settings and not (isinstance(settings[key], int) and not isinstance(settings[key], bool)):
+                    raise TypeError(f"layer override {pattern!r}: {key} must be an int, got {settings[key]!r}")
             overrides.append((pattern, dict(settings)))
         object.__setattr__(self, "layer_overrides", tuple(overrides))
         for pattern, settings in overrides:  # every override must itself give a valid config
@@ -178,7 +181,7 @@ class SpikingConfig:
             self._resolved(settings)
 
     def _resolved(self, settings: dict) -> "SpikingConfig":
-        settings = _coding_default_steps(settings)
+        settings = _schedule_for(self, settings)
         offset = settings.pop("timestep_offset", 0)
         if offset:
             settings["timesteps"] = max(1, settings.get("timesteps", self.timesteps) + offset)
@@ -212,6 +215,9 @@ class SpikingConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown spiking config keys {unknown}; known keys: {sorted(known)}")
+        for key in ("steps_per_octave", "coarse_octaves"):
+            if key in d and d[key] is None:
+                raise TypeError(f"spiking config {key} must be an int, got None (leave the key out for the default)")
         if not saved:
             return cls(**d)
         return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False,
@@ -230,16 +236,22 @@ class SpikingConfig:
 
     def replace(self, **changes) -> "SpikingConfig":
         """A copy with ``changes``; a new coding without steps_per_octave gets that coding's default."""
-        return dataclasses.replace(self, **_coding_default_steps(changes))
+        return dataclasses.replace(self, **_schedule_for(self, changes))
 
 
-def _coding_default_steps(settings: dict) -> dict:
-    """``settings`` where a change of coding that does not name steps_per_octave takes the new coding's
-    default (so that ``coding="rate"`` never inherits signed_digit's denser schedule), and a change of
-    either that does not name coarse_octaves takes its default for the new schedule."""
+def _schedule_for(config: SpikingConfig, settings: dict) -> dict:
+    """``settings`` (a layer override or a ``replace``) with the spike-weight schedule they imply. A new
+    coding that does not name steps_per_octave keeps ``config``'s where that coding allows it, else takes
+    its own default (``coding="rate"`` never inherits signed_digit's denser weights); a new coding or
+    steps_per_octave that does not name coarse_octaves keeps ``config``'s where both schedules are dense,
+    else takes the default for the new schedule."""
     settings = dict(settings)
     if "coding" in settings and "steps_per_octave" not in settings:
-        settings["steps_per_octave"] = None
+        coding = CODINGS.get(settings["coding"])
+        if coding is None or config.steps_per_octave > coding.max_steps_per_octave:
+            settings["steps_per_octave"] = None
     if ("coding" in settings or "steps_per_octave" in settings) and "coarse_octaves" not in settings:
-        settings["coarse_octaves"] = None
+        steps = settings.get("steps_per_octave", config.steps_per_octave)
+        if not (config.steps_per_octave > 1 and steps is not None and steps > 1):
+            settings["coarse_octaves"] = None
     return settings

@@ -173,8 +173,8 @@ def model_card(config: StacConfig, repo_id: str, results: dict | None = None) ->
         f"A spiking neural network converted from {base_text} by STAC, without training: every weight "
         "matmul inside the decoder blocks is driven by spike trains of integrate-and-fire neurons run for "
         + (f"T = {spiking['timesteps']} timesteps" if spiking.get("steps_per_octave", 1) == 1 else
-           f"{spiking['steps_per_octave']} steps per octave of a T = {spiking['timesteps']} range (the top "
-           f"{spiking.get('coarse_octaves', 0)} octaves at one step each)")
+           f"{spiking['steps_per_octave']} steps per octave of a T = {spiking['timesteps']} range"
+           + (f" (the top {spiking['coarse_octaves']} octaves at one step each)" if spiking.get("coarse_octaves") else ""))
         + ", with per-channel thresholds calibrated on real text"
         + ("; so are the attention's own products QK^T and AV (spike-coded queries and softmax weights)."
            if spiking["spiking_attention"] else "."),

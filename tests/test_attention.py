@@ -95,8 +95,9 @@ def test_the_attention_output_is_the_values_weighted_by_the_decoded_spikes_and_n
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_both_engines_give_the_same_logits_and_generation(kind):
-    snn = stac.convert(tiny_ann(kind), ATTN, calibration=tiny_calibration())
+@pytest.mark.parametrize("octave, atol", [(1, 1e-4), (None, 1e-2)])
+def test_both_engines_give_the_same_logits_and_generation(kind, octave, atol):
+    snn = stac.convert(tiny_ann(kind), ATTN.replace(steps_per_octave=octave), calibration=tiny_calibration())
     ids = _ids()
     with torch.no_grad():
         closed = snn(ids).logits
@@ -104,10 +105,11 @@ def test_both_engines_give_the_same_logits_and_generation(kind):
         snn.set_engine("time_stepped")
         stepped = snn(ids).logits
         stepped_tokens = snn.generate(ids, max_new_tokens=6, do_sample=False)
-    # The same sums in another order. With denser spike weights (3 steps per octave) a spike's weight is
-    # not a power of two, so each event's product rounds: now and then an input downstream lands on the
-    # other side of a rounding edge and moves one level (4e-3 in the logits of tiny GPT-2), never more.
-    assert torch.allclose(closed, stepped, atol=1e-2, rtol=0)
+    # The same sums in another order. With powers of two every event's product is exact. With the
+    # default's denser spike weights a spike's weight is not a power of two, so each product rounds: now
+    # and then an input downstream lands on the other side of a rounding edge and moves one level (4e-3
+    # in the logits of tiny GPT-2 at 3 steps per octave).
+    assert torch.allclose(closed, stepped, atol=atol, rtol=0)
     assert torch.equal(tokens, stepped_tokens)
 
 

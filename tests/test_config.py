@@ -51,6 +51,27 @@ def test_each_coding_gets_its_own_default_steps_per_octave():
     assert mixed.for_encoder("model.layers.0.mlp.encoder_down").steps_per_octave == 4
 
 
+def test_overrides_keep_the_configs_schedule_where_their_coding_allows_it():
+    # an old checkpoint: bitplane with signed_digit for one group, saved before the schedule keys existed
+    old = SpikingConfig(coding="bitplane", layer_overrides=[("*.encoder_down", {"coding": "signed_digit"})]).to_dict()
+    del old["steps_per_octave"], old["coarse_octaves"]
+    down = SpikingConfig.from_dict(old).for_encoder("model.layers.0.mlp.encoder_down")
+    assert (down.coding, down.steps_per_octave, down.coarse_octaves) == ("signed_digit", 1, 0)  # what it ran
+    two = SpikingConfig(steps_per_octave=2, coarse_octaves=1,
+                        layer_overrides=[("*.encoder_o", {"coding": "signed_digit"}), ("*.encoder_down", {"steps_per_octave": 3})])
+    assert (two.for_encoder("x.encoder_o").steps_per_octave, two.for_encoder("x.encoder_o").coarse_octaves) == (2, 1)
+    assert (two.for_encoder("x.encoder_down").steps_per_octave, two.for_encoder("x.encoder_down").coarse_octaves) == (3, 1)
+    dense = SpikingConfig(steps_per_octave=1, layer_overrides=[("*.encoder_down", {"steps_per_octave": 4})])
+    assert dense.for_encoder("x.encoder_down").coarse_octaves == 3  # a newly dense group gets the default
+
+
+def test_a_schedule_of_none_is_refused_in_overrides_and_saved_configs():
+    with pytest.raises(TypeError, match="steps_per_octave"):
+        SpikingConfig(layer_overrides=[("*", {"steps_per_octave": None})])
+    with pytest.raises(TypeError, match="coarse_octaves"):
+        SpikingConfig.from_dict({**SpikingConfig().to_dict(), "coarse_octaves": None})
+
+
 def test_a_checkpoint_from_before_dense_schedules_reads_as_one_step_per_octave():
     old = SpikingConfig().to_dict()
     del old["steps_per_octave"], old["coarse_octaves"]
