@@ -164,6 +164,11 @@ class BitPlaneCoding(Coding):
     max_timesteps = 20
     sparsity = 1.0
 
+    def __init__(self, timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0):
+        super().__init__(timesteps, steps_per_octave, coarse_octaves)
+        # a plain attribute, not a cached_property: torch.export cannot trace the latter's lock
+        self._weights = step_weights_bitplane(timesteps, steps_per_octave, coarse_octaves)
+
     def unit(self, threshold):
         return threshold / self.max_level
 
@@ -178,11 +183,6 @@ class BitPlaneCoding(Coding):
         seq = torch.zeros(self.steps, *u.shape, dtype=u.dtype, device=u.device)
         seq[0] = u
         return seq
-
-    def __init__(self, timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0):
-        super().__init__(timesteps, steps_per_octave, coarse_octaves)
-        # a plain attribute, not a cached_property: torch.export cannot trace the latter's lock
-        self._weights = step_weights_bitplane(timesteps, steps_per_octave, coarse_octaves)
 
     @property
     def steps(self) -> int:

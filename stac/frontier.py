@@ -35,6 +35,18 @@ from .sensitivity import Sensitivity, fisher_diagonal
 HEAD_ENCODER = ARCHITECTURES["llama"].head.name  # the lm_head's encoder, at the model's root
 GROUPS = ("encoder_qkv", "encoder_o", "encoder_gate_up", "encoder_down", "encoder_q", "encoder_p")
 _SHORT = {"rate": "rate", "bitplane": "bp", "signed_digit": "sd"}
+# How each layer_overrides setting reads in a config name (``+down12``, ``+headmx1.6``, ``+poct1``).
+_SETTING_LABELS = {
+    "coding": lambda v: str(_SHORT.get(v, v)),
+    "timesteps": str,
+    "timestep_offset": lambda v: f"{v:+d}",
+    "threshold_margin": lambda v: f"m{v:g}",
+    "threshold_margin_factor": lambda v: f"mx{v:g}",
+    "steps_per_octave": lambda v: f"oct{v}",
+    "coarse_octaves": lambda v: f"top{v}",
+}
+# Per-group settings a spec can name, as ``<group><suffix>=value`` (``downm=4``, ``poct=1``).
+_SPEC_SETTINGS = {"threshold_margin_factor": ("m", float), "steps_per_octave": ("oct", int)}
 
 
 def config_name(config: SpikingConfig) -> str:
@@ -43,13 +55,7 @@ def config_name(config: SpikingConfig) -> str:
     name = f"{_SHORT.get(config.coding, config.coding)}-T{config.timesteps}-m{margin}"
     for pattern, settings in config.layer_overrides:
         group = pattern.rsplit(".", 1)[-1].removeprefix("encoder_")
-        name += f"+{group}" + "".join(
-            str(_SHORT.get(v, v)) if k == "coding" else (
-                f"{v}" if k == "timesteps" else (f"{v:+d}" if k == "timestep_offset" else (
-                    f"mx{v:g}" if k == "threshold_margin_factor" else (
-                        f"oct{v}" if k == "steps_per_octave" else (
-                            f"top{v}" if k == "coarse_octaves" else f"m{v:g}")))))
-            for k, v in settings.items())
+        name += f"+{group}" + "".join(_SETTING_LABELS[k](v) for k, v in settings.items())
     name += "+head" if config.spiking_head else ""
     name += "+attn" if config.spiking_attention else ""
     name += f"+kl{config.kl_budget:g}" if config.threshold_rule == "sensitivity" else ""
@@ -69,8 +75,8 @@ def group_overrides(**timesteps_by_group: int) -> tuple[tuple[str, dict], ...]:
     return tuple(overrides)
 
 
-def _margin_pattern(group: str) -> str:
-    """The layer_overrides pattern of a group's (or, for ``head``, the lm_head encoder's) margin factor."""
+def _group_pattern(group: str) -> str:
+    """The layer_overrides pattern of a group (or, for ``head``, of the lm_head encoder)."""
     if group == "head":
         return HEAD_ENCODER
     group_overrides(**{group: 1})  # the same names as for timesteps
@@ -79,12 +85,12 @@ def _margin_pattern(group: str) -> str:
 
 def margin_overrides(**factors: float) -> tuple[tuple[str, dict], ...]:
     """layer_overrides multiplying each named group's margin: ``margin_overrides(down=4, head=1.6)``."""
-    return tuple((_margin_pattern(g), {"threshold_margin_factor": f}) for g, f in factors.items())
+    return tuple((_group_pattern(g), {"threshold_margin_factor": f}) for g, f in factors.items())
 
 
 def octave_overrides(**steps: int) -> tuple[tuple[str, dict], ...]:
     """layer_overrides giving named groups their own steps per octave: ``octave_overrides(p=1)``."""
-    return tuple((_margin_pattern(g), {"steps_per_octave": m}) for g, m in steps.items())
+    return tuple((_group_pattern(g), {"steps_per_octave": m}) for g, m in steps.items())
 
 
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
@@ -180,10 +186,10 @@ def parse_config(spec: str) -> SpikingConfig:
                 octave = int(t)
             elif group == "top":
                 top = int(t)
-            elif group.endswith("m") and (group[:-1] == "head" or f"encoder_{group[:-1]}" in GROUPS):
-                margins[group[:-1]] = float(t)
-            elif group.endswith("oct") and (group[:-3] == "head" or f"encoder_{group[:-3]}" in GROUPS):
-                octaves[group[:-3]] = int(t)
+            elif _group_setting(group, "threshold_margin_factor"):
+                margins[_group_setting(group, "threshold_margin_factor")] = _SPEC_SETTINGS["threshold_margin_factor"][1](t)
+            elif _group_setting(group, "steps_per_octave"):
+                octaves[_group_setting(group, "steps_per_octave")] = _SPEC_SETTINGS["steps_per_octave"][1](t)
             else:
                 groups[group] = int(t)
     head = groups.pop("head", 1)
@@ -201,17 +207,23 @@ def parse_config(spec: str) -> SpikingConfig:
                          **({"threshold_rule": "sensitivity", "kl_budget": budget} if budget is not None else {}))
 
 
+def _group_setting(key: str, setting: str) -> str | None:
+    """The group a spec key such as ``downm`` names for ``setting`` (its suffix in _SPEC_SETTINGS), or None."""
+    suffix = _SPEC_SETTINGS[setting][0]
+    group = key.removesuffix(suffix)
+    if key.endswith(suffix) and (group == "head" or f"encoder_{group}" in GROUPS):
+        return group
+    return None
+
+
 def config_spec(config: SpikingConfig) -> str:
     """The ``parse_config`` spec of a config whose overrides only set per-group timesteps."""
     groups = []
     for pattern, settings in config.layer_overrides:
-        if set(settings) == {"threshold_margin_factor"} and (pattern == HEAD_ENCODER or pattern.startswith("*.encoder_")):
+        setting = next(iter(settings)) if len(settings) == 1 else None
+        if setting in _SPEC_SETTINGS and (pattern == HEAD_ENCODER or pattern.startswith("*.encoder_")):
             group = "head" if pattern == HEAD_ENCODER else pattern.removeprefix("*.encoder_")
-            groups.append(f"{group}m={settings['threshold_margin_factor']:g}")
-            continue
-        if set(settings) == {"steps_per_octave"} and (pattern == HEAD_ENCODER or pattern.startswith("*.encoder_")):
-            group = "head" if pattern == HEAD_ENCODER else pattern.removeprefix("*.encoder_")
-            groups.append(f"{group}oct={settings['steps_per_octave']}")
+            groups.append(f"{group}{_SPEC_SETTINGS[setting][0]}={settings[setting]:g}")
             continue
         if set(settings) != {"timesteps"} or not pattern.startswith("*.encoder_"):
             raise ValueError(f"no spec for override {pattern!r}: {settings}")
