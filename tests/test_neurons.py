@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stac.neurons import BitPlaneNode, SignedIFNode, bitplane_digits, bitplane_spike_count
+from stac.neurons import BitPlaneNode, SignedIFNode, bitplane_digits, bitplane_spike_count, step_weights_bitplane
 
 
 def run(node, x_seq):
@@ -109,3 +109,16 @@ def test_integer_digits_mirror_the_neuron_on_dense_schedules(octave, sparsity):
     assert torch.equal(train.abs().sum(0).long(), bitplane_spike_count(values, 8, sparsity, octave))
     weights = torch.tensor(node.step_weights, dtype=torch.float32).view(-1, 1)
     assert torch.equal((train * weights).sum(0), values.float())
+
+
+@pytest.mark.parametrize("octave", [1, 2, 3, 4, 5, 6])
+def test_every_schedule_codes_every_level_exactly(octave):
+    from stac.coding import SignedDigitCoding
+
+    sparsity = SignedDigitCoding.SPARSITY_BY_STEPS_PER_OCTAVE[octave]
+    for timesteps in range(1, 12):
+        values = torch.arange(-(2 ** timesteps - 1), 2 ** timesteps)
+        for coarse in range(timesteps + 2):
+            digits = bitplane_digits(values, timesteps, sparsity, octave, coarse)
+            weights = torch.tensor(step_weights_bitplane(timesteps, octave, coarse)).view(-1, 1)
+            assert torch.equal((digits.long() * weights).sum(0), values), (timesteps, coarse)
