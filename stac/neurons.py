@@ -30,7 +30,7 @@ The top ``coarse_octaves`` octaves of the range (above the calibration maximum a
 reached only by outliers) keep one step each, powers of two, so that they cost one step, not m.
 The same integers -(2^T - 1) .. 2^T - 1 stay exactly representable (any c in [1/2, 1) with weights
 falling by at most 2x per step down to 1), but a neuron needs fewer spikes for them: one spike lands
-within about 12% of a value instead of 33%, at the price of more steps (about m*T). A spike's weight
+within 11.5% (m = 3) or 8.6% (m = 4) of a value instead of 33%, at the price of more steps (about m*T). A spike's weight
 still only falls from step to step, so an output accumulates the train by Horner's rule,
 acc = (w_(t-1) / w_t) acc + W s_t.
 """
