@@ -19,7 +19,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .architectures import encoders_of, spikify
 from .configuration_stac import StacConfig, StacFormatError
-from .layers import SpikeEncoder, SpikingLinear
+from .kernels import available as _kernels_available
+from .layers import SpikeEncoder, SpikingLinear, pack_synapse_rows
 
 
 class StacCheckpointError(StacFormatError):
@@ -72,10 +73,13 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
         """Switch every encoder to ``"closed_form"`` or ``"time_stepped"`` (same outputs, same spikes)."""
         for encoder in self.encoders.values():
             encoder.engine = engine
-        if engine != "time_stepped":
-            for module in self.modules():
-                if isinstance(module, SpikingLinear):
-                    module.release()
+        synapses = [module for module in self.modules() if isinstance(module, SpikingLinear)]
+        keep = engine == "time_stepped" and _kernels_available()
+        if not (keep and all(module.has_rows() for module in synapses if module.needs_row_copy())):
+            for module in synapses:
+                module.release()
+            if keep:
+                pack_synapse_rows(synapses)  # the event-driven synapses' weight copies, in one allocation
         self.config.spiking = {**self.config.spiking, "engine": engine}
         return self
 

@@ -197,3 +197,34 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch)
         snn.save_pretrained(saved)
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
     assert sorted(p.name for p in saved.parent.iterdir()) == ["snn"]
+
+
+def test_the_time_stepped_weight_copies_share_one_buffer_that_closed_form_releases(tiny_pair):
+    """The event-driven synapses' [in, out] weight copies are made in one allocation when the engine
+    switches (one large block the allocator returns on release, not hundreds of heap-kept pieces), read
+    the current weights, and are dropped with the closed form."""
+    from stac import kernels
+    from stac.layers import SpikingLinear
+
+    _, snn = tiny_pair
+    ids = tiny_calibration(seed=6, n=1, length=9)[0][None]
+    synapses = [m for m in snn.modules() if isinstance(m, SpikingLinear) and m.needs_row_copy()]
+    assert synapses  # Llama's nn.Linear layers; GPT-2's lm_head (its blocks' Conv1D are [in, out] already)
+    with torch.no_grad():
+        closed = snn(ids).logits
+        snn.set_engine("time_stepped")
+        try:
+            rows = [m.__dict__.get("_rows") for m in synapses]
+            if kernels.available():
+                assert all(r is not None for r in rows)
+                assert len({r[1].untyped_storage().data_ptr() for r in rows}) == 1
+                for m, (_, r) in zip(synapses, rows):
+                    assert torch.equal(r, m.base_layer.weight.t())
+                snn.set_engine("time_stepped")  # already there: the same copies, not new ones
+                assert all(m.__dict__["_rows"] is r for m, r in zip(synapses, rows))
+            else:
+                assert all(r is None for r in rows)
+            torch.testing.assert_close(snn(ids).logits, closed, rtol=1e-4, atol=1e-4)
+        finally:
+            snn.set_engine("closed_form")
+    assert all("_rows" not in m.__dict__ for m in synapses)
