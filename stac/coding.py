@@ -241,8 +241,8 @@ class SignedDigitCoding(BitPlaneCoding):
     """
 
     name = "signed_digit"
-    max_steps_per_octave = 6
-    SPARSITY_BY_STEPS_PER_OCTAVE = {1: 0.75, 2: 0.85, 3: 0.9, 4: 0.93, 5: 0.93, 6: 0.95}
+    max_steps_per_octave = 8
+    SPARSITY_BY_STEPS_PER_OCTAVE = {1: 0.75, 2: 0.85, 3: 0.9, 4: 0.93, 5: 0.93, 6: 0.95, 7: 0.93, 8: 0.95}
 
     def __init__(self, timesteps: int, steps_per_octave: int = 1, coarse_octaves: int = 0):
         super().__init__(timesteps, steps_per_octave, coarse_octaves)

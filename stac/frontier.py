@@ -46,7 +46,8 @@ _SETTING_LABELS = {
     "coarse_octaves": lambda v: f"top{v}",
 }
 # Per-group settings a spec can name, as ``<group><suffix>=value`` (``downm=4``, ``poct=1``).
-_SPEC_SETTINGS = {"threshold_margin_factor": ("m", float), "steps_per_octave": ("oct", int)}
+_SPEC_SETTINGS = {"threshold_margin_factor": ("m", float), "steps_per_octave": ("oct", int),
+                  "coarse_octaves": ("top", int)}
 
 
 def config_name(config: SpikingConfig) -> str:
@@ -93,11 +94,18 @@ def octave_overrides(**steps: int) -> tuple[tuple[str, dict], ...]:
     return tuple((_group_pattern(g), {"steps_per_octave": m}) for g, m in steps.items())
 
 
+def top_overrides(**octaves: int) -> tuple[tuple[str, dict], ...]:
+    """layer_overrides giving named groups their own coarse top octaves: ``top_overrides(down=5)``."""
+    return tuple((_group_pattern(g), {"coarse_octaves": c}) for g, c in octaves.items())
+
+
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
         head_margin: float = 1.0, margins: dict[str, float] | None = None, octave: int = 1,
-        octaves: dict[str, int] | None = None, top: int = 0, **groups: int) -> SpikingConfig:
+        octaves: dict[str, int] | None = None, top: int = 0, tops: dict[str, int] | None = None,
+        **groups: int) -> SpikingConfig:
     margins = {**(margins or {}), **({"head": head_margin} if head_margin != 1 else {})}
-    overrides = group_overrides(**groups) + margin_overrides(**margins) + octave_overrides(**(octaves or {}))
+    overrides = (group_overrides(**groups) + margin_overrides(**margins) + octave_overrides(**(octaves or {}))
+                 + top_overrides(**(tops or {})))
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn,
                          steps_per_octave=octave, coarse_octaves=top)
@@ -157,6 +165,11 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, head_margin=1.6, margins={"down": 4.0}, octave=4,
         top=3),
     SpikingConfig.by_sensitivity(0.002, steps_per_octave=4, coarse_octaves=3),
+    # up to 8 steps per octave, and each group's cheapest schedule on the default's levels
+    # (docs/experiments/group_schedule.py): m=8 with the top 4 octaves coarse, the down_proj input at m=4, top 5
+    *(_sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=m, top=4) for m in (7, 8)),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4,
+        octaves={"down": 4}, tops={"down": 5}),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -169,12 +182,12 @@ def parse_config(spec: str) -> SpikingConfig:
     probabilities (their T: ``q=``, ``p=``); ``headm=1.6``, ``downm=4`` multiply the lm_head encoder's or a
     group's margin; ``kl=0.0015`` sets thresholds by sensitivity under that KL budget (the margin is then
     the floor); ``oct=3`` sets 3 steps per octave (absent: 1, powers of two), ``poct=1`` a group's own;
-    ``top=3`` keeps the top 3 octaves at one step each (absent: 0).
+    ``top=3`` keeps the top 3 octaves at one step each (absent: 0), ``downtop=5`` a group's own.
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, margins, octaves, weighting, budget, octave, top = {}, {}, {}, 0.0, None, 1, 0
+    groups, margins, octaves, tops, weighting, budget, octave, top = {}, {}, {}, {}, 0.0, None, 1, 0
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
@@ -190,6 +203,8 @@ def parse_config(spec: str) -> SpikingConfig:
                 margins[_group_setting(group, "threshold_margin_factor")] = _SPEC_SETTINGS["threshold_margin_factor"][1](t)
             elif _group_setting(group, "steps_per_octave"):
                 octaves[_group_setting(group, "steps_per_octave")] = _SPEC_SETTINGS["steps_per_octave"][1](t)
+            elif _group_setting(group, "coarse_octaves"):
+                tops[_group_setting(group, "coarse_octaves")] = _SPEC_SETTINGS["coarse_octaves"][1](t)
             else:
                 groups[group] = int(t)
     head = groups.pop("head", 1)
@@ -200,7 +215,7 @@ def parse_config(spec: str) -> SpikingConfig:
         raise ValueError(f"config spec {spec!r}: attn=1 (spike-coded attention inputs) or attn=0 (the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
                          layer_overrides=group_overrides(**groups) + margin_overrides(**margins)
-                         + octave_overrides(**octaves),
+                         + octave_overrides(**octaves) + top_overrides(**tops),
                          spiking_head=bool(head),
                          threshold_weighting=weighting, spiking_attention=bool(attn), steps_per_octave=octave,
                          coarse_octaves=top,

@@ -139,7 +139,7 @@ def test_denser_schedules_exist_for_signed_digit_only_and_in_range():
         with pytest.raises(ValueError, match="signed_digit only"):
             make_coding(name, 8, 2)
     with pytest.raises(ValueError, match="steps_per_octave"):
-        make_coding("signed_digit", 8, 7)
+        make_coding("signed_digit", 8, 9)
     with pytest.raises(ValueError, match="steps_per_octave"):
         make_coding("signed_digit", 8, 0)
     with pytest.raises(TypeError, match="steps_per_octave"):

@@ -20,7 +20,7 @@ from stac import SpikingConfig, StacConfig, StacFormatError
     (dict(threshold_margin="4"), TypeError, "number"),
     (dict(coding="bitplane", timesteps=40), ValueError, "timesteps"),
     (dict(steps_per_octave=0), ValueError, "steps_per_octave"),
-    (dict(steps_per_octave=7), ValueError, "steps_per_octave"),
+    (dict(steps_per_octave=9), ValueError, "steps_per_octave"),
     (dict(steps_per_octave=2.0), TypeError, "steps_per_octave"),
     (dict(coarse_octaves=-1), ValueError, "coarse_octaves"),
     (dict(coarse_octaves=1.0), TypeError, "coarse_octaves"),

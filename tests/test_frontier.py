@@ -85,6 +85,12 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
     assert parse_config(config_spec(wide)) == wide
     with pytest.raises(ValueError, match="unknown encoder group"):
         parse_config("signed_digit:10:5:lm_headm=2")
+    grouped = parse_config("signed_digit:10:5:down=12,oct=8,top=4,downoct=4,downtop=5")
+    down = grouped.for_encoder("model.layers.1.mlp.encoder_down")
+    up = grouped.for_encoder("model.layers.1.mlp.encoder_gate_up")
+    assert (down.timesteps, down.steps_per_octave, down.coarse_octaves) == (12, 4, 5)
+    assert (up.steps_per_octave, up.coarse_octaves) == (8, 4)
+    assert parse_config(config_spec(grouped)) == grouped and "+downoct4+downtop5+" in config_name(grouped)
 
 
 def test_group_overrides_give_each_group_of_every_block_its_own_timesteps():

@@ -111,7 +111,7 @@ def test_integer_digits_mirror_the_neuron_on_dense_schedules(octave, sparsity):
     assert torch.equal((train * weights).sum(0), values.float())
 
 
-@pytest.mark.parametrize("octave", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("octave", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_every_schedule_codes_every_level_exactly(octave):
     from stac.coding import SignedDigitCoding
 
