@@ -23,8 +23,10 @@ OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "th
 # most energy and tolerates one step less. Offsets and factors are relative, so SpikingConfig(timesteps=N,
 # threshold_margin=M) scales the whole allocation.
 DEFAULT_LAYER_OVERRIDES = (
-    ("*.mlp.encoder_down", {"timestep_offset": 2}),
-    ("*.mlp.encoder_proj", {"timestep_offset": 2}),
+    # Its inputs are the most heavy-tailed: 6 top octaves (not 4) at one step each cost it fewer steps
+    # than they add spikes (docs/experiments/group_schedule.py; docs/levers.md (m)).
+    ("*.mlp.encoder_down", {"timestep_offset": 2, "coarse_octaves": 6}),
+    ("*.mlp.encoder_proj", {"timestep_offset": 2, "coarse_octaves": 6}),
     ("*.mlp.encoder_gate_up", {"timestep_offset": -1}),
     ("*.mlp.encoder_fc", {"timestep_offset": -1}),
     # The lm_head's input: a 1.6x wider margin (8 at the default 5) fires 9% fewer spikes there with no
@@ -35,11 +37,11 @@ DEFAULT_LAYER_OVERRIDES = (
     ("*.encoder_p", {"steps_per_octave": 1}),
 )
 
-# Steps per octave of a coding's spike weights when the config does not say: signed_digit runs 4 below
-# its top 3 octaves (coarse_octaves), one step per octave above; the same levels as powers of two, with
+# Steps per octave of a coding's spike weights when the config does not say: signed_digit runs 8 below
+# its top 4 octaves (coarse_octaves), one step per octave above; the same levels as powers of two, with
 # fewer synaptic ops on SmolLM2-135M for more steps (docs/levers.md (m)). Every other coding has only 1.
-DEFAULT_STEPS_PER_OCTAVE = {"signed_digit": 4}
-DEFAULT_COARSE_OCTAVES = 3
+DEFAULT_STEPS_PER_OCTAVE = {"signed_digit": 8}
+DEFAULT_COARSE_OCTAVES = 4
 
 # What stays in floating point in a converted model (written into the saved config so that a reader of the
 # checkpoint knows exactly which operations are spike-driven and which are not).

@@ -170,6 +170,7 @@ SWEEP: tuple[SpikingConfig, ...] = (
     *(_sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=m, top=4) for m in (7, 8)),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4,
         octaves={"down": 4}, tops={"down": 5}),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6}),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 

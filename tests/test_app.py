@@ -41,7 +41,7 @@ def served():
 
 def test_importing_the_app_builds_the_demo_without_loading_a_model():
     assert app.demo is not None and not app.LOADER.loaded
-    assert app.LOADER.label == "SNN (T=9-12 by layer, coding signed_digit, 4 steps per octave)"
+    assert app.LOADER.label == "SNN (T=9-12 by layer, coding signed_digit, 8 steps per octave)"
 
 
 def test_settings_come_from_the_file_and_the_environment(tmp_path):

@@ -41,14 +41,15 @@ def test_spiking_config_round_trips_through_a_dict():
 
 
 def test_each_coding_gets_its_own_default_steps_per_octave():
-    assert SpikingConfig().steps_per_octave == 4 and SpikingConfig(coding="rate").steps_per_octave == 1
+    assert SpikingConfig().steps_per_octave == 8 and SpikingConfig(coding="rate").steps_per_octave == 1
     assert SpikingConfig().replace(coding="bitplane").steps_per_octave == 1
     assert SpikingConfig(steps_per_octave=2).replace(timesteps=8).steps_per_octave == 2
-    assert (SpikingConfig().coarse_octaves, SpikingConfig(steps_per_octave=1).coarse_octaves) == (3, 0)
-    assert SpikingConfig(steps_per_octave=1).replace(steps_per_octave=3).coarse_octaves == 3
+    assert (SpikingConfig().coarse_octaves, SpikingConfig(steps_per_octave=1).coarse_octaves) == (4, 0)
+    assert SpikingConfig(steps_per_octave=1).replace(steps_per_octave=3).coarse_octaves == 4
     mixed = SpikingConfig(layer_overrides=[("*.encoder_o", {"coding": "rate"})])
     assert mixed.for_encoder("model.layers.0.self_attn.encoder_o").steps_per_octave == 1
-    assert mixed.for_encoder("model.layers.0.mlp.encoder_down").steps_per_octave == 4
+    down = mixed.for_encoder("model.layers.0.mlp.encoder_down")
+    assert (down.steps_per_octave, down.coarse_octaves) == (8, 4)  # the config's schedule (no default overrides here)
 
 
 def test_overrides_keep_the_configs_schedule_where_their_coding_allows_it():
@@ -62,7 +63,7 @@ def test_overrides_keep_the_configs_schedule_where_their_coding_allows_it():
     assert (two.for_encoder("x.encoder_o").steps_per_octave, two.for_encoder("x.encoder_o").coarse_octaves) == (2, 1)
     assert (two.for_encoder("x.encoder_down").steps_per_octave, two.for_encoder("x.encoder_down").coarse_octaves) == (3, 1)
     dense = SpikingConfig(steps_per_octave=1, layer_overrides=[("*.encoder_down", {"steps_per_octave": 4})])
-    assert dense.for_encoder("x.encoder_down").coarse_octaves == 3  # a newly dense group gets the default
+    assert dense.for_encoder("x.encoder_down").coarse_octaves == 4  # a newly dense group gets the default
 
 
 def test_a_schedule_of_none_is_refused_in_overrides_and_saved_configs():

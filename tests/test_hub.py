@@ -103,9 +103,9 @@ def test_the_model_card_carries_metadata_parameters_figures_and_loading_instruct
     assert card.data.base_model == BASE
     assert {"spiking-neural-network", "snn", "ann-to-snn"} <= set(card.data.tags)
     assert "| timesteps T | `6` |" in card.text and "`signed_digit`" in card.text
-    assert "| steps per octave (denser spike weights, about m x T steps) | `4` |" in card.text
-    assert "| top octaves at one step each | `3` |" in card.text
-    assert "4 steps per octave of a T = 6 range (the top 3 octaves at one step each)" in card.text
+    assert "| steps per octave (denser spike weights, about m x T steps) | `8` |" in card.text
+    assert "| top octaves at one step each | `4` |" in card.text
+    assert "8 steps per octave of a T = 6 range (the top 4 octaves at one step each)" in card.text
     assert "30.92" in card.text and "0.988" in card.text and "energy.snn_mj_per_token | 0.41" in card.text
     assert 'from_pretrained("alice/tiny-snn", trust_remote_code=True)' in card.text
     assert "STAC_SNN=alice/tiny-snn" in card.text
