@@ -491,7 +491,8 @@ def frontier_markdown(rows: list[dict], command: str, date: str | None = None) -
               "(`stac.attention`; `+q12`, `+p12`: their T), and their work counts as attention; `+w0.5`: "
               "threshold weighting 0.5; `+kl0.002`: thresholds by sensitivity under that KL budget; `+oct3`: "
               "3 steps per octave (denser spike weights: the same levels, fewer spikes, about 3T steps); `+oct4top3`: "
-              "4 steps per octave below the top 3 octaves, one step each there. "
+              "4 steps per octave below the top 3 octaves, one step each there; `+downoct4`, `+downtop6`: that "
+              "group's own steps per octave or coarse top octaves. "
               "`spikes/neuron`: the weight matmuls' encoders.", "",
               "![frontier](frontier.png)", ""]
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Offline: energy of denser spike weights against powers of two on randomly initialised one-block models
 of several widths (the trade-off tests/test_energy.py checks in direction only).
 
-For each width: convert with steps_per_octave 1 and with the default schedule (4 steps per octave, top 3
-octaves at one step), run 32 tokens, and print the meter's energy and spikes and the ratio dense / binary.
+For each width: convert with steps_per_octave 1 and with the default schedule (stac.SpikingConfig(): 8 steps
+per octave below the top 4 octaves, the top 6 at the MLP output projection's input), run 32 tokens, and
+print the meter's energy and spikes and the ratio dense / binary.
 
 Usage: python docs/experiments/width_tradeoff.py   (from the repository root)
 """
