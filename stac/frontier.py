@@ -171,6 +171,15 @@ SWEEP: tuple[SpikingConfig, ...] = (
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4,
         octaves={"down": 4}, tops={"down": 5}),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6}),
+    # spiking attention on that default: queries at the default's schedule or, like the softmax weights,
+    # one step per octave (each query neuron drives context-length synapses, but its scores need a
+    # Horner step per head and position at every step); and both at T=12
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
+        attn=True, octaves={"p": 1}),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
+        attn=True, octaves={"q": 1, "p": 1}),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
+        attn=True, octaves={"q": 1, "p": 1}, q=12, p=12),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
