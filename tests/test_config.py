@@ -43,6 +43,9 @@ def test_spiking_config_round_trips_through_a_dict():
 def test_each_coding_gets_its_own_default_steps_per_octave():
     assert SpikingConfig().steps_per_octave == 8 and SpikingConfig(coding="rate").steps_per_octave == 1
     assert SpikingConfig().replace(coding="bitplane").steps_per_octave == 1
+    default = SpikingConfig()
+    for name in ("model.layers.0.self_attn.encoder_q", "model.layers.0.self_attn.encoder_p"):
+        assert default.for_encoder(name).steps_per_octave == 1  # spiking attention: one step per octave
     assert SpikingConfig(steps_per_octave=2).replace(timesteps=8).steps_per_octave == 2
     assert (SpikingConfig().coarse_octaves, SpikingConfig(steps_per_octave=1).coarse_octaves) == (4, 0)
     assert SpikingConfig(steps_per_octave=1).replace(steps_per_octave=3).coarse_octaves == 4
