@@ -66,7 +66,8 @@ for h in handles:
 
 # Spikes depend on |level| alone: per resolution B, a histogram of |level| weighted by fan-out, and the
 # neurons and outputs that pay for each step.
-hist, cost = {}, {}
+# The same per encoder group (its T, histogram, neurons and outputs), for group_schedule.py.
+hist, cost, groups = {}, {}, {}
 for k, xs in acts.items():
     x = torch.cat(xs)
     enc = enc_by_key[k]
@@ -77,8 +78,12 @@ for k, xs in acts.items():
     hist[bits] = hist.get(bits, 0) + h
     n, o = cost.get(bits, (0, 0))
     cost[bits] = (n + enc.channels, o + fan[enc])
+    g = groups.setdefault(k.rsplit(".", 1)[-1], {"T": bits, "hist": 0, "neurons": 0, "outputs": 0})
+    g["hist"] = g["hist"] + h
+    g["neurons"] += enc.channels
+    g["outputs"] += fan[enc]
     xs.clear()
-torch.save({"hist": hist, "cost": cost}, "out/level_hist.pt")
+torch.save({"hist": hist, "cost": cost, "groups": groups}, "out/level_hist.pt")
 
 
 def measure(m, c, top=0):

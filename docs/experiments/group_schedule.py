@@ -5,56 +5,19 @@ Every schedule codes every level exactly (stac.neurons.step_weights_bitplane), s
 spikes and steps, never the model's outputs. Per group: synaptic ops (spikes x fan-out, E_AC) plus step
 ops (one membrane update per neuron and step, one accumulator step per output and step after the first,
 E_elementwise), per token, priced like the energy meter. Levels: the default SNN's thresholds applied to
-the ANN's encoder inputs on NEVAL tokens of lee_background (as in dense_schedule.py).
+the ANN's encoder inputs on 1,024 tokens of lee_background, per group, as dense_schedule.py saves them in
+out/level_hist.pt (run it first).
 
-Usage: python docs/experiments/group_schedule.py   (env: NEVAL=1024)
+Usage: python docs/experiments/group_schedule.py
 """
-import os
-
 import torch
 
 import stac
-from stac.architectures import architecture_for, encoder_inputs, synapse_weights
-from stac.calibration import default_calibration
 from stac.coding import SignedDigitCoding
-from stac.data import read_text, token_windows
-from stac.frontier import calibrate, convert_calibrated
 from stac.neurons import bitplane_spike_count, step_weights_bitplane
 
-torch.set_num_threads(int(os.environ.get("THREADS", 1)))
-NEVAL = int(os.environ.get("NEVAL", 1024))
 E_AC, E_EW = 0.9e-12, 4.6e-12
-
-ann, tok = stac.load_base("embedded")
-arch = architecture_for(ann.config.model_type)
-stats = calibrate(ann, default_calibration(tok))
-snn = convert_calibrated(ann, stac.SpikingConfig(), stats)
-enc_by_key = {name.removeprefix("model."): enc for name, enc in snn.encoders.items()}
-fan = {enc: sum(w.shape[0] for w in ws) for enc, ws in synapse_weights(snn).items()}
-
-acts = {}
-handles = [layer.register_forward_pre_hook(
-    lambda module, args, key=key: acts.setdefault(key, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1])))
-    for key, layer in encoder_inputs(ann, arch)]
-with torch.no_grad():
-    for ids in token_windows(tok, read_text("lee_background"), NEVAL, 512):
-        ann(input_ids=ids.reshape(1, -1), use_cache=False)
-for h in handles:
-    h.remove()
-
-# per group: T, a histogram of |level| weighted by fan-out per token, neurons and outputs per token
-groups = {}
-for key, xs in acts.items():
-    x = torch.cat(xs)
-    xs.clear()
-    enc = enc_by_key[key]
-    co = enc.coding
-    level = (x / co.unit(enc.threshold.float())).clamp(-co.max_level, co.max_level).round().abs().to(torch.int64)
-    g = groups.setdefault(key.rsplit(".", 1)[-1], {"T": co.timesteps, "hist": 0, "neurons": 0, "outputs": 0})
-    assert g["T"] == co.timesteps
-    g["hist"] = g["hist"] + torch.bincount(level.flatten(), minlength=2 ** co.timesteps).double() * fan[enc] / x.shape[0]
-    g["neurons"] += enc.channels
-    g["outputs"] += fan[enc]
+groups = torch.load("out/level_hist.pt")["groups"]
 
 
 def cost(g, m, top):
@@ -66,19 +29,23 @@ def cost(g, m, top):
     return synops * E_AC + step_ops * E_EW, synops, steps
 
 
-total_default = total_best = 0.0
+def default_schedule(group):
+    """(m, top) of stac.SpikingConfig() for an encoder of ``group`` (a Llama block's or the lm_head's)."""
+    owner = "mlp" if group in ("encoder_gate_up", "encoder_down") else "self_attn"
+    config = stac.SpikingConfig().for_encoder(group if group == "encoder_head" else f"model.layers.0.{owner}.{group}")
+    return config.steps_per_octave, config.coarse_octaves
+
+
+columns = {"m = 4, top 3": 0.0, "cheapest": 0.0, "m = 8, top 4": 0.0, "the default": 0.0}
+print("| group (T) | " + " | ".join(columns) + " |")
 for name, g in groups.items():
-    rows = []
-    for m in range(1, 7):
-        for top in ([0] if m == 1 else range(0, g["T"])):
-            e, syn, steps = cost(g, m, top)
-            rows.append((e, m, top, syn, steps))
-    rows.sort()
-    default = next(r for r in rows if (r[1], r[2]) == (4, 3))
-    total_default += default[0]
-    total_best += rows[0][0]
-    print(f"{name} (T={g['T']}): default m=4 top 3 {default[0] * 1e6:.2f} uJ ({default[4]} steps); best: "
-          + "; ".join(f"m={m} top {top} {e * 1e6:.2f} uJ ({steps} steps, {syn / 1e6:.1f} M synops)"
-                      for e, m, top, syn, steps in rows[:4]))
-print(f"spiking layers: default schedule {total_default * 1e6:.1f} uJ per token, best per group {total_best * 1e6:.1f} uJ "
-      f"({(total_best - total_default) * 1e6:+.1f} uJ)")
+    rows = sorted(cost(g, m, top) + (m, top) for m in range(1, 9) for top in ([0] if m == 1 else range(g["T"])))
+    best = rows[0]
+    picks = {"m = 4, top 3": cost(g, 4, 3)[0], "cheapest": best[0], "m = 8, top 4": cost(g, 8, 4)[0],
+             "the default": cost(g, *default_schedule(name))[0]}
+    for k, v in picks.items():
+        columns[k] += v
+    print(f"| {name} ({g['T']}) | {picks['m = 4, top 3'] * 1e6:.2f} | m = {best[3]}, top {best[4]}: {best[0] * 1e6:.2f} "
+          f"| {picks['m = 8, top 4'] * 1e6:.2f} | {picks['the default'] * 1e6:.2f} (m = {default_schedule(name)[0]}, "
+          f"top {default_schedule(name)[1]}) |")
+print("| all | " + " | ".join(f"{v * 1e6:.1f}" for v in columns.values()) + " |")
