@@ -15,7 +15,7 @@ ENGINES = ("closed_form", "time_stepped")
 # stac.thresholds.sensitivity_thresholds; docs/levers.md (l)).
 THRESHOLD_RULES = ("margin", "sensitivity")
 OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "threshold_margin_factor",
-               "steps_per_octave", "coarse_octaves")
+               "steps_per_octave", "coarse_octaves", "coarse_octaves_offset")
 
 # The default per-layer allocation of timesteps and margins, chosen by measured sensitivity (docs/levers.md):
 # the input of the MLP's output projection (Llama down_proj, GPT-2 mlp.c_proj) carries the model's outlier
@@ -23,10 +23,10 @@ OVERRIDABLE = ("timesteps", "timestep_offset", "coding", "threshold_margin", "th
 # most energy and tolerates one step less. Offsets and factors are relative, so SpikingConfig(timesteps=N,
 # threshold_margin=M) scales the whole allocation.
 DEFAULT_LAYER_OVERRIDES = (
-    # Its inputs are the most heavy-tailed: 6 top octaves (not 4) at one step each cost it fewer steps
-    # than they add spikes (docs/experiments/group_schedule.py; docs/levers.md (m)).
-    ("*.mlp.encoder_down", {"timestep_offset": 2, "coarse_octaves": 6}),
-    ("*.mlp.encoder_proj", {"timestep_offset": 2, "coarse_octaves": 6}),
+    # Its inputs are the most heavy-tailed: 2 more top octaves at one step each (6 at the default 4) cost
+    # it fewer steps than they add spikes (docs/experiments/group_schedule.py; docs/levers.md (m)).
+    ("*.mlp.encoder_down", {"timestep_offset": 2, "coarse_octaves_offset": 2}),
+    ("*.mlp.encoder_proj", {"timestep_offset": 2, "coarse_octaves_offset": 2}),
     ("*.mlp.encoder_gate_up", {"timestep_offset": -1}),
     ("*.mlp.encoder_fc", {"timestep_offset": -1}),
     # The lm_head's input: a 1.6x wider margin (8 at the default 5) fires 9% fewer spikes there with no
@@ -114,8 +114,10 @@ class SpikingConfig:
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
     # Per-encoder settings, applied in order (later wins): (glob over encoder names such as
     # "model.layers.*.mlp.encoder_down", {"timesteps" or "timestep_offset": .., "coding": ..,
-    # "threshold_margin" or "threshold_margin_factor": ..}). An offset adds to the timesteps (at least 1),
-    # a factor multiplies the margin. Default: docs/levers.md.
+    # "threshold_margin" or "threshold_margin_factor": .., "steps_per_octave": ..,
+    # "coarse_octaves" or "coarse_octaves_offset": ..}). An offset adds to the timesteps (at least 1) or
+    # to the coarse top octaves (at least 0; none with one step per octave), a factor multiplies the
+    # margin. Default: docs/levers.md.
     layer_overrides: tuple[tuple[str, dict], ...] = DEFAULT_LAYER_OVERRIDES
 
     def __post_init__(self):
@@ -176,9 +178,10 @@ class SpikingConfig:
             overrides.append((pattern, dict(settings)))
         object.__setattr__(self, "layer_overrides", tuple(overrides))
         for pattern, settings in overrides:  # every override must itself give a valid config
-            offset = settings.get("timestep_offset", 0)
-            if isinstance(offset, bool) or not isinstance(offset, int):
-                raise TypeError(f"layer override {pattern!r}: timestep_offset must be an int, got {offset!r}")
+            for key in ("timestep_offset", "coarse_octaves_offset"):
+                offset = settings.get(key, 0)
+                if isinstance(offset, bool) or not isinstance(offset, int):
+                    raise TypeError(f"layer override {pattern!r}: {key} must be an int, got {offset!r}")
             factor = settings.get("threshold_margin_factor", 1.0)
             if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
                 raise ValueError(
@@ -190,6 +193,11 @@ class SpikingConfig:
         offset = settings.pop("timestep_offset", 0)
         if offset:
             settings["timesteps"] = max(1, settings.get("timesteps", self.timesteps) + offset)
+        coarse_offset = settings.pop("coarse_octaves_offset", 0)
+        steps = settings.get("steps_per_octave", self.steps_per_octave)
+        if coarse_offset and (steps is None or steps > 1):  # no coarse octaves with powers of two
+            coarse = settings.get("coarse_octaves", self.coarse_octaves)
+            settings["coarse_octaves"] = max(0, (DEFAULT_COARSE_OCTAVES if coarse is None else coarse) + coarse_offset)
         factor = settings.pop("threshold_margin_factor", 1.0)
         if factor != 1.0:
             settings["threshold_margin"] = settings.get("threshold_margin", self.threshold_margin) * factor

@@ -44,6 +44,7 @@ _SETTING_LABELS = {
     "threshold_margin_factor": lambda v: f"mx{v:g}",
     "steps_per_octave": lambda v: f"oct{v}",
     "coarse_octaves": lambda v: f"top{v}",
+    "coarse_octaves_offset": lambda v: f"top{v:+d}",
 }
 # Per-group settings a spec can name, as ``<group><suffix>=value`` (``downm=4``, ``poct=1``).
 _SPEC_SETTINGS = {"threshold_margin_factor": ("m", float), "steps_per_octave": ("oct", int),

@@ -73,15 +73,25 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
         """Switch every encoder to ``"closed_form"`` or ``"time_stepped"`` (same outputs, same spikes)."""
         for encoder in self.encoders.values():
             encoder.engine = engine
-        synapses = [module for module in self.modules() if isinstance(module, SpikingLinear)]
-        keep = engine == "time_stepped" and _kernels_available()
-        if not (keep and all(module.has_rows() for module in synapses if module.needs_row_copy())):
-            for module in synapses:
-                module.release()
-            if keep:
-                pack_synapse_rows(synapses)  # the event-driven synapses' weight copies, in one allocation
+        self._prepare_synapses()
         self.config.spiking = {**self.config.spiking, "engine": engine}
         return self
+
+    def _prepare_synapses(self) -> None:
+        """Give the event-driven synapses their [in, out] weight copies in one buffer while any encoder is
+        time-stepped (where the compiled kernel runs), and drop copies nothing will read. Run by
+        ``set_engine`` and, for a model built or loaded time-stepped, by its first forward."""
+        synapses = [module for module in self.modules() if isinstance(module, SpikingLinear)]
+        keep = _kernels_available() and any(e.engine == "time_stepped" for e in self._encoder_list())
+        needing = [module for module in synapses if keep and module.needs_row_copy()]
+        for module in synapses:
+            if not keep or not module.needs_row_copy():
+                module.release()  # e.g. after .half() or .to("cuda"): the CPU float32 copy is stale
+        if not all(module.has_rows() for module in needing):
+            for module in needing:
+                module.release()
+            pack_synapse_rows(needing)  # one allocation, returned to the system as a whole
+        self.__dict__["_synapses_prepared"] = True
 
     def reset_neurons(self) -> None:
         """Clear every neuron's state (done per input anyway; call between independent requests)."""
@@ -120,6 +130,8 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
                 raise ValueError("pass the KV cache as either `cache` or `past_key_values`, not both")
             past_key_values = cache
         self._check_context(input_ids if input_ids is not None else inputs_embeds, past_key_values)
+        if not self.__dict__.get("_synapses_prepared"):
+            self._prepare_synapses()
         try:
             return self.model(
                 input_ids=input_ids,

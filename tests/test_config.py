@@ -46,6 +46,13 @@ def test_each_coding_gets_its_own_default_steps_per_octave():
     default = SpikingConfig()
     for name in ("model.layers.0.self_attn.encoder_q", "model.layers.0.self_attn.encoder_p"):
         assert default.for_encoder(name).steps_per_octave == 1  # spiking attention: one step per octave
+    # the down_proj input keeps 2 more top octaves coarse than the config, relative like its timesteps
+    for config, expected in ((default, (12, 8, 6)), (SpikingConfig(steps_per_octave=4, coarse_octaves=1), (12, 4, 3)),
+                             (SpikingConfig(steps_per_octave=1), (12, 1, 0)), (SpikingConfig(coding="bitplane"), (12, 1, 0))):
+        down = config.for_encoder("model.layers.0.mlp.encoder_down")
+        assert (down.timesteps, down.steps_per_octave, down.coarse_octaves) == expected
+    with pytest.raises(TypeError, match="coarse_octaves_offset"):
+        SpikingConfig(layer_overrides=[("*", {"coarse_octaves_offset": 1.5})])
     assert SpikingConfig(steps_per_octave=2).replace(timesteps=8).steps_per_octave == 2
     assert (SpikingConfig().coarse_octaves, SpikingConfig(steps_per_octave=1).coarse_octaves) == (4, 0)
     assert SpikingConfig(steps_per_octave=1).replace(steps_per_octave=3).coarse_octaves == 4

@@ -66,9 +66,9 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
                                                                                layer_overrides=())}
     assert select_configs(None) == PRESETS
     assert config_name(stac.SpikingConfig()) == (
-        "sd-T10-m5+down+2top6+proj+2top6+gate_up-1+fc-1+headmx1.6+qoct1+poct1+head+oct8top4+w0.5")
+        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+poct1+head+oct8top4+w0.5")
     assert config_name(stac.SpikingConfig(spiking_head=False, steps_per_octave=1)) == (
-        "sd-T10-m5+down+2top6+proj+2top6+gate_up-1+fc-1+headmx1.6+qoct1+poct1+w0.5")
+        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+poct1+w0.5")
     dense = parse_config("signed_digit:10:5:down=12,oct=4,top=3")
     assert (dense.steps_per_octave, dense.coarse_octaves) == (4, 3) and parse_config(config_spec(dense)) == dense
     assert parse_config("signed_digit:10:5").steps_per_octave == 1  # specs name their schedule

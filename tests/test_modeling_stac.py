@@ -228,3 +228,36 @@ def test_the_time_stepped_weight_copies_share_one_buffer_that_closed_form_releas
         finally:
             snn.set_engine("closed_form")
     assert all("_rows" not in m.__dict__ for m in synapses)
+
+
+def test_packed_weight_copies_follow_in_place_weight_changes_and_models_built_time_stepped_pack_too(tiny_pair):
+    """pack_synapse_rows (no kernel needed) lays the copies out in one buffer; an in-place weight change
+    refreshes a copy where it lives; a model whose encoders are time-stepped before any set_engine call
+    (built or loaded that way) prepares its copies on the first forward."""
+    from stac import kernels
+    from stac.layers import SpikingLinear, pack_synapse_rows
+
+    _, snn = tiny_pair
+    synapses = [m for m in snn.modules() if isinstance(m, SpikingLinear) and m.needs_row_copy()]
+    try:
+        size = pack_synapse_rows(synapses)
+        assert size == 4 * sum(m.base_layer.weight.numel() for m in synapses)
+        layer = synapses[0]
+        storage = layer._synapse_rows(layer.base_layer).untyped_storage().data_ptr()
+        with torch.no_grad():
+            layer.base_layer.weight.mul_(2)  # exact, and undone exactly below (a shared fixture)
+        rows = layer._synapse_rows(layer.base_layer)
+        assert torch.equal(rows, layer.base_layer.weight.t()) and rows.untyped_storage().data_ptr() == storage
+        with torch.no_grad():
+            layer.base_layer.weight.div_(2)
+        snn.set_engine("closed_form")
+        assert all("_rows" not in m.__dict__ for m in synapses)
+        for encoder in snn.encoders.values():
+            encoder.engine = "time_stepped"  # as from_pretrained builds a model saved time-stepped
+        snn.__dict__.pop("_synapses_prepared", None)
+        with torch.no_grad():
+            snn(tiny_calibration(seed=7, n=1, length=5)[0][None])
+        if kernels.available():
+            assert len({m.__dict__["_rows"][1].untyped_storage().data_ptr() for m in synapses}) == 1
+    finally:
+        snn.set_engine("closed_form")
