@@ -17,7 +17,8 @@ def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None
     parser.add_argument("--coding", default=SpikingConfig.coding, choices=sorted(CODINGS))
     parser.add_argument("--steps-per-octave", type=int,
                         help=f"signed_digit: spike weights round(2^(i/m)) below the top {DEFAULT_COARSE_OCTAVES} "
-                             "octaves, the same levels with fewer spikes over more steps (default "
+                             "octaves (2 more at the MLP output projection's input, by the default per-layer "
+                             "offsets), the same levels with fewer spikes over more steps (default "
                              f"{DEFAULT_STEPS_PER_OCTAVE['signed_digit']}; 1: powers of two)")
     parser.add_argument("--margin", type=float,
                         help=f"threshold = margin x per-channel max |x| on calibration text{note} (default "

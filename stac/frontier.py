@@ -181,6 +181,11 @@ SWEEP: tuple[SpikingConfig, ...] = (
         attn=True, octaves={"q": 1, "p": 1}),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
         attn=True, octaves={"q": 1, "p": 1}, q=12, p=12),
+    # the wider down_proj range (down=13, margin x4) on that spelling, alone and with T=12 spiking attention
+    _sd(10, 5.0, down=13, gate_up=9, head=True, weighting=0.5, margins={"head": 1.6, "down": 4.0}, octave=8, top=4,
+        tops={"down": 6}),
+    _sd(10, 5.0, down=13, gate_up=9, q=12, p=12, head=True, weighting=0.5, margins={"head": 1.6, "down": 4.0},
+        octave=8, top=4, tops={"down": 6}, attn=True, octaves={"q": 1, "p": 1}),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
