@@ -521,16 +521,22 @@ def plot_frontier(rows: list[dict], path: str | Path, title: str = "SmolLM2-135M
     import matplotlib.pyplot as plt
 
     rows = mark_front(rows)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(10, 6))
+    # Rows far above the bar (rate coding at PPL x2306) would squash the rest into a line: the axis
+    # stops at PPL +10% and says how many rows lie above it; the table lists every row.
+    top = 0.1
+    shown = [r for r in rows if r["ppl_ratio"] - 1 <= top]
+    best = max((r for r in rows if meets_bar(r)), key=lambda r: r["energy_ratio"], default=None)
+    for r in shown:
         x, y = r["energy_ratio"], r["ppl_ratio"] - 1
         ax.scatter(x, y, color="tab:red" if r["on_front"] else "tab:gray", zorder=3, s=18)
         if meets_bar(r):
             ax.scatter(x, y, facecolors="none", edgecolors="tab:green", s=70, zorder=3)
-        if r["on_front"] or meets_bar(r):  # the others stay unlabelled: the table names every point
-            ax.annotate(r["name"], (x, y), fontsize=7, xytext=(4, -9 if meets_bar(r) else 3),
-                        textcoords="offset points")
-    front = sorted((r for r in rows if r["on_front"]), key=lambda r: r["energy_ratio"])
+        if r["on_front"] or r is best:  # the others stay unlabelled: the table names every point
+            ax.annotate(r["name"] + (" (best at the bar)" if r is best else ""), (x, y), fontsize=6,
+                        xytext=(-4, 6 if r is best else -10), textcoords="offset points", ha="right",
+                        annotation_clip=True)
+    front = sorted((r for r in shown if r["on_front"]), key=lambda r: r["energy_ratio"])
     if front:
         ax.plot([r["energy_ratio"] for r in front], [r["ppl_ratio"] - 1 for r in front], color="tab:red",
                 lw=1, zorder=2, label="Pareto front (PPL ratio vs energy ratio)")
@@ -538,14 +544,16 @@ def plot_frontier(rows: list[dict], path: str | Path, title: str = "SmolLM2-135M
     ax.axhline(0.01, color="tab:green", ls="--", lw=1, label="PPL +1%")
     ax.axvline(3.0, color="tab:blue", ls=":", lw=1, label="3x energy goal")
     ax.set_yscale("symlog", linthresh=1e-3)
-    lowest = min(r["ppl_ratio"] - 1 for r in rows)
-    ax.set_ylim(bottom=min(0.0, 2 * lowest))
+    lowest = min((r["ppl_ratio"] - 1 for r in shown), default=0.0)
+    ax.set_ylim(bottom=min(0.0, 2 * lowest), top=top)
+    hidden = len(rows) - len(shown)
     ax.set_xlabel("energy ratio ANN / SNN per token (all ops counted)")
     ax.set_ylabel("PPL ratio SNN / ANN - 1")
-    ax.set_title(title)
+    ax.set_title(title + (f" ({hidden} row{'s' * (hidden != 1)} above PPL +10% not shown)" if hidden else ""),
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.09, top=0.93)  # fixed: long labels are clipped
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
