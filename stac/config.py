@@ -194,14 +194,13 @@ class SpikingConfig:
         if offset:
             settings["timesteps"] = max(1, settings.get("timesteps", self.timesteps) + offset)
         coarse_offset = settings.pop("coarse_octaves_offset", 0)
-        steps = settings.get("steps_per_octave", self.steps_per_octave)
-        if coarse_offset and (steps is None or steps > 1):  # no coarse octaves with powers of two
-            coarse = settings.get("coarse_octaves", self.coarse_octaves)
-            settings["coarse_octaves"] = max(0, (DEFAULT_COARSE_OCTAVES if coarse is None else coarse) + coarse_offset)
         factor = settings.pop("threshold_margin_factor", 1.0)
         if factor != 1.0:
             settings["threshold_margin"] = settings.get("threshold_margin", self.threshold_margin) * factor
-        return dataclasses.replace(self, layer_overrides=(), **settings)
+        resolved = dataclasses.replace(self, layer_overrides=(), **settings)
+        if coarse_offset and resolved.steps_per_octave > 1:  # no coarse octaves with powers of two
+            resolved = dataclasses.replace(resolved, coarse_octaves=max(0, resolved.coarse_octaves + coarse_offset))
+        return resolved
 
     def for_encoder(self, name: str) -> "SpikingConfig":
         """The settings of the encoder called ``name`` (its module path inside the base model)."""

@@ -85,19 +85,10 @@ def _group_pattern(group: str) -> str:
     return f"*.encoder_{group}"
 
 
-def margin_overrides(**factors: float) -> tuple[tuple[str, dict], ...]:
-    """layer_overrides multiplying each named group's margin: ``margin_overrides(down=4, head=1.6)``."""
-    return tuple((_group_pattern(g), {"threshold_margin_factor": f}) for g, f in factors.items())
-
-
-def octave_overrides(**steps: int) -> tuple[tuple[str, dict], ...]:
-    """layer_overrides giving named groups their own steps per octave: ``octave_overrides(p=1)``."""
-    return tuple((_group_pattern(g), {"steps_per_octave": m}) for g, m in steps.items())
-
-
-def top_overrides(**octaves: int) -> tuple[tuple[str, dict], ...]:
-    """layer_overrides giving named groups their own coarse top octaves: ``top_overrides(down=5)``."""
-    return tuple((_group_pattern(g), {"coarse_octaves": c}) for g, c in octaves.items())
+def setting_overrides(setting: str, values: dict[str, float | int]) -> tuple[tuple[str, dict], ...]:
+    """layer_overrides giving named groups (or ``head``) their own ``setting``:
+    ``setting_overrides("threshold_margin_factor", {"down": 4, "head": 1.6})``."""
+    return tuple((_group_pattern(g), {setting: v}) for g, v in values.items())
 
 
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
@@ -105,8 +96,8 @@ def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0,
         octaves: dict[str, int] | None = None, top: int = 0, tops: dict[str, int] | None = None,
         **groups: int) -> SpikingConfig:
     margins = {**(margins or {}), **({"head": head_margin} if head_margin != 1 else {})}
-    overrides = (group_overrides(**groups) + margin_overrides(**margins) + octave_overrides(**(octaves or {}))
-                 + top_overrides(**(tops or {})))
+    overrides = (group_overrides(**groups) + setting_overrides("threshold_margin_factor", margins)
+                 + setting_overrides("steps_per_octave", octaves or {}) + setting_overrides("coarse_octaves", tops or {}))
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn,
                          steps_per_octave=octave, coarse_octaves=top)
@@ -203,7 +194,8 @@ def parse_config(spec: str) -> SpikingConfig:
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, margins, octaves, tops, weighting, budget, octave, top = {}, {}, {}, {}, 0.0, None, 1, 0
+    groups, weighting, budget, octave, top = {}, 0.0, None, 1, 0
+    per_group = {setting: {} for setting in _SPEC_SETTINGS}  # downm=4, poct=1, downtop=6
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
             group, _, t = item.partition("=")
@@ -215,14 +207,12 @@ def parse_config(spec: str) -> SpikingConfig:
                 octave = int(t)
             elif group == "top":
                 top = int(t)
-            elif _group_setting(group, "threshold_margin_factor"):
-                margins[_group_setting(group, "threshold_margin_factor")] = _SPEC_SETTINGS["threshold_margin_factor"][1](t)
-            elif _group_setting(group, "steps_per_octave"):
-                octaves[_group_setting(group, "steps_per_octave")] = _SPEC_SETTINGS["steps_per_octave"][1](t)
-            elif _group_setting(group, "coarse_octaves"):
-                tops[_group_setting(group, "coarse_octaves")] = _SPEC_SETTINGS["coarse_octaves"][1](t)
             else:
-                groups[group] = int(t)
+                setting = next((k for k in _SPEC_SETTINGS if _group_setting(group, k)), None)
+                if setting is None:
+                    groups[group] = int(t)
+                else:
+                    per_group[setting][_group_setting(group, setting)] = _SPEC_SETTINGS[setting][1](t)
     head = groups.pop("head", 1)
     if head not in (0, 1):
         raise ValueError(f"config spec {spec!r}: head=0 (float lm_head) or head=1 (spiking, the default)")
@@ -230,8 +220,8 @@ def parse_config(spec: str) -> SpikingConfig:
     if attn not in (0, 1):
         raise ValueError(f"config spec {spec!r}: attn=1 (spike-coded attention inputs) or attn=0 (the default)")
     return SpikingConfig(coding=parts[0], timesteps=int(parts[1]), threshold_margin=float(parts[2]),
-                         layer_overrides=group_overrides(**groups) + margin_overrides(**margins)
-                         + octave_overrides(**octaves) + top_overrides(**tops),
+                         layer_overrides=group_overrides(**groups)
+                         + sum((setting_overrides(k, v) for k, v in per_group.items()), ()),
                          spiking_head=bool(head),
                          threshold_weighting=weighting, spiking_attention=bool(attn), steps_per_octave=octave,
                          coarse_octaves=top,

@@ -81,12 +81,14 @@ class StacForCausalLM(StacPreTrainedModel, GenerationMixin):
         """Give the event-driven synapses their [in, out] weight copies in one buffer while any encoder is
         time-stepped (where the compiled kernel runs), and drop copies nothing will read. Run by
         ``set_engine`` and, for a model built or loaded time-stepped, by its first forward."""
-        synapses = [module for module in self.modules() if isinstance(module, SpikingLinear)]
         keep = _kernels_available() and any(e.engine == "time_stepped" for e in self._encoder_list())
-        needing = [module for module in synapses if keep and module.needs_row_copy()]
-        for module in synapses:
-            if not keep or not module.needs_row_copy():
-                module.release()  # e.g. after .half() or .to("cuda"): the CPU float32 copy is stale
+        needing = []
+        for module in self.modules():
+            if isinstance(module, SpikingLinear):
+                if keep and module.needs_row_copy():
+                    needing.append(module)
+                else:
+                    module.release()  # e.g. after .half() or .to("cuda"): the CPU float32 copy is stale
         if not all(module.has_rows() for module in needing):
             for module in needing:
                 module.release()

@@ -41,11 +41,11 @@ print("| group (T) | " + " | ".join(columns) + " |")
 for name, g in groups.items():
     rows = sorted(cost(g, m, top) + (m, top) for m in range(1, 9) for top in ([0] if m == 1 else range(g["T"])))
     best = rows[0]
+    m, top = default_schedule(name)
     picks = {"m = 4, top 3": cost(g, 4, 3)[0], "cheapest": best[0], "m = 8, top 4": cost(g, 8, 4)[0],
-             "the default": cost(g, *default_schedule(name))[0]}
+             "the default": cost(g, m, top)[0]}
     for k, v in picks.items():
         columns[k] += v
     print(f"| {name} ({g['T']}) | {picks['m = 4, top 3'] * 1e6:.2f} | m = {best[3]}, top {best[4]}: {best[0] * 1e6:.2f} "
-          f"| {picks['m = 8, top 4'] * 1e6:.2f} | {picks['the default'] * 1e6:.2f} (m = {default_schedule(name)[0]}, "
-          f"top {default_schedule(name)[1]}) |")
+          f"| {picks['m = 8, top 4'] * 1e6:.2f} | {picks['the default'] * 1e6:.2f} (m = {m}, top {top}) |")
 print("| all | " + " | ".join(f"{v * 1e6:.1f}" for v in columns.values()) + " |")
