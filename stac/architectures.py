@@ -5,7 +5,9 @@ Adding an architecture is adding an entry to ``ARCHITECTURES``; ``spikify`` appl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
 from transformers import PretrainedConfig
@@ -13,6 +15,7 @@ from transformers import PretrainedConfig
 from .attention import ATTENTION_NAME, PROBABILITY_ENCODER, PROBABILITY_THRESHOLD, QUERY_ENCODER
 from .config import SpikingConfig
 from .layers import SYNAPSES, SpikeEncoder, SpikingLinear
+from .readout import SpikingReadout
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,13 @@ def encoder_inputs(model: nn.Module, arch: Architecture) -> list[tuple[str, nn.M
     return sites
 
 
+def _synapse_for(spiking: SpikingConfig, head: bool) -> Callable[[nn.Module, SpikeEncoder], SpikingLinear]:
+    """The spiking module that replaces a matmul: the lm_head's stops trailing outputs early when asked."""
+    if head and spiking.head_prune_bits is not None:
+        return functools.partial(SpikingReadout, bits=spiking.head_prune_bits, margin=spiking.head_prune_margin)
+    return SpikingLinear
+
+
 def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]:
     """Replace, in place, every registered matmul of ``model`` by a SpikingLinear fed by a SpikeEncoder.
 
@@ -165,7 +175,7 @@ def spikify(model: nn.Module, spiking: SpikingConfig) -> dict[str, SpikeEncoder]
         for path, layer in zip(group.consumers, layers):
             parent_path, _, attr = path.rpartition(".")
             parent = owner.get_submodule(parent_path) if parent_path else owner
-            setattr(parent, attr, SpikingLinear(layer, encoder))
+            setattr(parent, attr, _synapse_for(spiking, group is arch.head)(layer, encoder))
             if owner is model:
                 _retarget_ties(model, path)
         encoders[name] = encoder

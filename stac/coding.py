@@ -22,7 +22,7 @@ from spikingjelly.activation_based.neuron import SimpleBaseNode
 
 from .kernels import applies as _kernel_applies, bitplane_levels as _kernel_bitplane_levels
 from .kernels import bitplane_spike_count as _kernel_bitplane_spike_count
-from .neurons import BitPlaneNode, SignedIFNode, bitplane_spike_count, step_weights_bitplane
+from .neurons import BitPlaneNode, SignedIFNode, bitplane_digits, bitplane_spike_count, step_weights_bitplane
 
 # Rate-coded input currents are rounded to multiples of 2^-12 of the threshold: sums of T such currents
 # are exact in float32 (for T < 4096), which the closed form relies on. The rounding error (1/8192 of a
@@ -229,6 +229,24 @@ class BitPlaneCoding(Coding):
     @property
     def max_level(self):
         return 2**self.timesteps - 1
+
+    def steps_above(self, weight: float) -> int:
+        """How many steps come first whose spike weight is at least ``weight`` (weights only fall)."""
+        return sum(1 for w in self._weights if w >= weight)
+
+    def partial_levels(self, levels: torch.Tensor, steps: int) -> torch.Tensor:
+        """What the first ``steps`` spikes of each neuron code: sum over t < steps of w_t s_t, for integer
+        ``levels`` (any dtype holding them exactly), by the neuron's own firing rule (stac.neurons)."""
+        r = levels
+        for w in self._weights[:steps]:
+            k = math.ceil(self.sparsity * w)
+            r = r - ((r >= k).to(r.dtype) - (r <= -k).to(r.dtype)) * w
+        return levels - r
+
+    def spikes_per_step(self, levels: torch.Tensor) -> torch.Tensor:
+        """Spikes fired at each step, summed over the last dimension: [steps, *levels.shape[:-1]] int64."""
+        digits = bitplane_digits(levels, self.timesteps, self.sparsity, self.steps_per_octave, self.coarse_octaves)
+        return digits.abs().sum(-1, dtype=torch.int64)
 
 
 class SignedDigitCoding(BitPlaneCoding):

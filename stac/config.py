@@ -109,6 +109,13 @@ class SpikingConfig:
     # information of the ANN's output (stac.sensitivity), the fewest synaptic ops for a predicted KL of
     # kl_budget per position; threshold_margin (with its overrides) is then the floor, in multiples of the
     # calibration maximum, and threshold_weighting is not used. Older checkpoints lack both keys.
+    # The lm_head's outputs that fall behind stop early (stac.readout): once every spike of weight at least
+    # 2^(T - head_prune_bits) has reached them (the coarse logits then carry about that many bits of the
+    # input), an output more than head_prune_margin below the best coarse logit keeps its coarse value and
+    # receives no more spikes. The argmax never changes; tail logits are coarser (docs/levers.md (n)).
+    # None: every output receives every spike. Older checkpoints lack the keys and read as None.
+    head_prune_bits: float | None = None
+    head_prune_margin: float = 10.0
     threshold_rule: str = "margin"
     kl_budget: float = 0.002  # the budget measured to meet the bar on SmolLM2-135M (docs/levers.md (l))
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
@@ -152,6 +159,22 @@ class SpikingConfig:
         if not 0.0 <= weighting <= 1.0:
             raise ValueError(f"SpikingConfig.threshold_weighting must be in [0, 1], got {weighting!r}")
         object.__setattr__(self, "threshold_weighting", float(weighting))
+        if self.head_prune_bits is not None:
+            for name in ("head_prune_bits", "head_prune_margin"):
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"SpikingConfig.{name} must be a number, got {value!r}")
+                if not 0 < value < float("inf"):
+                    raise ValueError(f"SpikingConfig.{name} must be a positive finite number, got {value!r}")
+            if not self.spiking_head:
+                raise ValueError("head_prune_bits needs spiking_head=True: only a spiking lm_head can stop early")
+            head = self.for_encoder("encoder_head")
+            if head.coding not in ("bitplane", "signed_digit"):
+                raise ValueError(f"head_prune_bits needs the lm_head's input coded most significant step first "
+                                 f"(bitplane or signed_digit), not {head.coding!r}")
+            if not 1 <= self.head_prune_bits < head.timesteps:
+                raise ValueError(f"head_prune_bits must lie in [1, T) for the lm_head input's T = {head.timesteps}, "
+                                 f"got {self.head_prune_bits}")
         for name in ("spiking_head", "spiking_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"SpikingConfig.{name} must be a bool, got {getattr(self, name)!r}")

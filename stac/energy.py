@@ -40,6 +40,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 from .architectures import UnsupportedArchitectureError, architecture_for
 from .attention import PROBABILITY_ENCODER, QUERY_ENCODER
 from .layers import SYNAPSES, SpikeCode, SpikeEncoder, SpikingLinear
+from .readout import SpikingReadout
 from .modeling_stac import StacForCausalLM
 
 PICO = 1e-12
@@ -216,6 +217,33 @@ def _accumulator_steps(code: SpikeCode) -> int:
     return 0 if bool((w == w[0]).all()) else code.coding.steps - 1
 
 
+def _synapse_counts(module: SpikingLinear, code: SpikeCode, spikes: int, positions: int,
+                    fan_out: int) -> tuple[int, int]:
+    """(synaptic ops, accumulator steps) of one SpikingLinear call: every spike reaches every output."""
+    return spikes * fan_out, positions * fan_out * _accumulator_steps(code)
+
+
+def _readout_counts(module: SpikingReadout, code: SpikeCode, spikes: int, positions: int,
+                    fan_out: int) -> tuple[int, int]:
+    """(synaptic ops, element-wise ops) of one SpikingReadout call: a spike before the decision reaches
+    every output, a later one only the outputs its position kept (``module.last_kept``); accumulators step
+    once per step after the first until the decision, then only where kept; the decision takes a max and a
+    compare per output."""
+    steps, split = code.coding.steps, module.split
+    if code.train is not None:
+        per_step = code.train.abs().sum(-1).to(torch.int64).reshape(steps, -1)
+    else:
+        per_step = code.coding.spikes_per_step(code.levels).reshape(steps, -1)
+    kept = module.last_kept.reshape(-1).to(torch.int64)
+    synops = int(per_step[:split].sum()) * fan_out + int((per_step[split:].sum(0) * kept).sum())
+    accumulator = positions * fan_out * (split - 1) + int(kept.sum()) * (steps - split)
+    return synops, accumulator + 2 * positions * fan_out
+
+
+# How each kind of spiking matmul's work is counted (by the module's exact type).
+SYNAPSE_COUNTS = {SpikingLinear: _synapse_counts, SpikingReadout: _readout_counts}
+
+
 # ----- the meter -------------------------------------------------------------------------------------
 class EnergyMeter:
     """Counts the operations of every forward pass run inside ``with EnergyMeter(model) as meter:``.
@@ -325,8 +353,9 @@ class EnergyMeter:
         code, spikes, positions = self._codes[module.encoder]
         fan_out = _weight(module.base_layer).shape[0]
         t = self._tally(self._names[module.encoder], "spiking")
-        t.synops += spikes * fan_out
-        t.elementwise_ops += positions * fan_out * _accumulator_steps(code)
+        synops, elementwise = SYNAPSE_COUNTS[type(module)](module, code, spikes, positions, fan_out)
+        t.synops += synops
+        t.elementwise_ops += elementwise
         if module.base_layer.bias is not None:
             t.elementwise_ops += positions * fan_out
 

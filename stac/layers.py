@@ -252,21 +252,23 @@ class SpikingLinear(nn.Module):
         code = self._encoder[0](x)
         # Calling base_layer (not reading its weight) keeps hooks on it working, e.g. accelerate's offload.
         base = self._modules["base_layer"]
-        dtype = _parameter_dtype(base)
         if code.train is None:
-            return base(code.scaled(dtype))
+            return base(code.scaled(_parameter_dtype(base)))
         bias = base.bias  # added once, not once per step
+        out = self.train_sum(code, base)
+        return out if bias is None else out + bias
+
+    def train_sum(self, code: SpikeCode, base: nn.Module) -> torch.Tensor:
+        """sum_t w_t W (s_t * unit) over the steps of a time-stepped ``code``, without the bias."""
         if self._event_driven(base, code.train):
             # One multiply-add per spike and synapse (stac.kernels.spike_synapse): the dense product below,
             # summed in another order.
-            out = _kernel_spike_synapse(code.train, code.unit, code.step_weights, self._synapse_rows(base))
-        else:
-            # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses
-            per_step = base(code.scaled(dtype))
-            if bias is not None:
-                per_step = per_step - bias
-            out = code.sum_steps(per_step)
-        return out if bias is None else out + bias
+            return _kernel_spike_synapse(code.train, code.unit, code.step_weights, self._synapse_rows(base))
+        # [T, ..., in] -> [T, ..., out]: every step's spikes pass through the synapses
+        per_step = base(code.scaled(_parameter_dtype(base)))
+        if base.bias is not None:
+            per_step = per_step - base.bias
+        return code.sum_steps(per_step)
 
     @staticmethod
     def _event_driven(base: nn.Module, train: torch.Tensor) -> bool:

@@ -1,0 +1,189 @@
+"""stac.readout: the lm_head whose trailing outputs stop after a coarse first stage."""
+
+import pytest
+import torch
+
+import stac
+from stac.energy import EnergyMeter
+from stac.layers import SpikingLinear
+from stac.neurons import bitplane_digits
+from stac.readout import SpikingReadout
+
+from conftest import tiny_ann, tiny_calibration
+
+IDS = torch.tensor([[5, 17, 42, 8, 63, 21, 9, 77, 30, 14, 50, 3]])
+
+
+def _pair(kind, bits=5.0, margin=1e9, **changes):
+    """(default SNN, the same SNN with a pruning readout) from one calibration: identical thresholds."""
+    ann = tiny_ann(kind)
+    calibration = tiny_calibration()
+    full = stac.convert(ann, stac.SpikingConfig(**changes), calibration=calibration)
+    pruned = stac.convert(ann, stac.SpikingConfig(head_prune_bits=bits, head_prune_margin=margin, **changes),
+                          calibration=calibration)
+    return full, pruned
+
+
+def _margin_near(coarse, share):
+    """A margin that stops about ``share`` of the outputs, midway between two neighbouring gaps to the best
+    coarse logit (float differences between engines cannot move an output across it)."""
+    gaps = (coarse.amax(-1, keepdim=True) - coarse).flatten().sort().values
+    k = int((1 - share) * (gaps.numel() - 1))
+    window = torch.arange(max(k - 20, 0), min(k + 20, gaps.numel() - 1))
+    i = window[(gaps[window + 1] - gaps[window]).argmax()]
+    return float((gaps[i] + gaps[i + 1]) / 2)
+
+
+def _split(snn, bits=5.0):
+    coding = snn.model.lm_head.encoder.coding
+    return coding.steps_above(2.0 ** (coding.timesteps - bits))
+
+
+@torch.no_grad()
+def _coarse_and_full(snn, ids=IDS, bits=5.0):
+    """The lm_head's coarse logits (first stage only) and full logits, computed here from the head's input
+    on integers: digits by stac.neurons.bitplane_digits, weights from the coding."""
+    head = snn.model.lm_head
+    seen = []
+    handle = head.encoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        snn(input_ids=ids)
+    handle.remove()
+    enc = head.encoder
+    c = enc.coding
+    levels = c.levels(c.normalise(seen[-1], enc.threshold.float()))
+    digits = bitplane_digits(levels, c.timesteps, c.sparsity, c.steps_per_octave, c.coarse_octaves).float()
+    w = c.step_weights()
+    split = _split(snn, bits)
+    coarse_levels = torch.tensordot(w[:split], digits[:split], dims=1)
+    weight, unit = head.base_layer.weight, c.unit(enc.threshold.float())
+    return (coarse_levels * unit) @ weight.t(), (levels * unit) @ weight.t(), digits
+
+
+@pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
+def test_a_readout_that_keeps_every_output_computes_the_lm_head(kind, engine):
+    full, pruned = _pair(kind)
+    assert type(pruned.model.lm_head) is SpikingReadout and type(full.model.lm_head) is SpikingLinear
+    full.set_engine(engine)
+    pruned.set_engine(engine)
+    with torch.no_grad():
+        a, b = full(input_ids=IDS).logits, pruned(input_ids=IDS).logits
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    assert bool((pruned.model.lm_head.last_kept == a.shape[-1]).all())
+
+
+@pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
+def test_trailing_outputs_keep_their_coarse_value_and_the_rest_are_exact(kind, engine):
+    full, _ = _pair(kind)
+    coarse, exact, _ = _coarse_and_full(full)
+    gap = coarse.amax(-1, keepdim=True) - coarse
+    margin = _margin_near(coarse, 0.5)
+    _, pruned = _pair(kind, margin=margin)
+    pruned.set_engine(engine)
+    with torch.no_grad():
+        out = pruned(input_ids=IDS).logits
+    kept = gap <= margin
+    assert 0 < int(kept.sum()) < kept.numel()
+    torch.testing.assert_close(out[kept], exact[kept], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[~kept], coarse[~kept], rtol=1e-5, atol=1e-5)
+    assert torch.equal(pruned.model.lm_head.last_kept, kept.sum(-1))
+
+
+def test_the_two_engines_agree_when_outputs_stop(kind):
+    full, _ = _pair(kind)
+    coarse, _, _ = _coarse_and_full(full)
+    margin = _margin_near(coarse, 0.8)
+    _, pruned = _pair(kind, margin=margin)
+    with torch.no_grad():
+        a = pruned(input_ids=IDS).logits
+        kept_a = pruned.model.lm_head.last_kept.clone()
+        pruned.set_engine("time_stepped")
+        b = pruned(input_ids=IDS).logits
+    assert torch.equal(pruned.model.lm_head.last_kept, kept_a)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_a_margin_above_twice_the_remaining_contribution_keeps_the_argmax(kind):
+    """An output that trails by more than twice the largest possible change of the later spikes (bounded by
+    |W| times the neurons' remaining values) can never overtake: the argmax must match the full readout."""
+    full, _ = _pair(kind)
+    coarse, exact, _ = _coarse_and_full(full)
+    bound = float((exact - coarse).abs().max())
+    _, pruned = _pair(kind, margin=2 * bound + 1e-6)
+    with torch.no_grad():
+        out = pruned(input_ids=IDS).logits
+    assert torch.equal(out.argmax(-1), exact.argmax(-1))
+    assert int(pruned.model.lm_head.last_kept.min()) < exact.shape[-1] or bound == 0
+
+
+@pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
+def test_the_meter_counts_only_the_synapses_a_later_spike_reaches(kind, engine):
+    full, _ = _pair(kind)
+    coarse, _, digits = _coarse_and_full(full)
+    margin = _margin_near(coarse, 0.5)
+    _, pruned = _pair(kind, margin=margin)
+    pruned.set_engine(engine)
+    head = pruned.model.lm_head
+    with EnergyMeter(pruned) as meter, torch.no_grad():
+        pruned(input_ids=IDS)
+    layer = next(lay for lay in meter.report().per_layer if lay.name.endswith("encoder_head"))
+    vocab, split, steps = coarse.shape[-1], head.split, digits.shape[0]
+    per_step = digits.abs().sum(-1)[:, 0]  # [steps, positions]
+    kept = (coarse.amax(-1, keepdim=True) - coarse <= margin).sum(-1)[0]
+    assert layer.synops == int(per_step[:split].sum()) * vocab + int((per_step[split:].sum(0) * kept).sum())
+    positions = IDS.shape[1]
+    neurons = positions * head.encoder.channels
+    spikes = int(per_step.sum())
+    normalise = stac.energy.NORMALISE_OPS
+    assert layer.elementwise_ops == (neurons * (normalise + steps) + spikes  # the neurons
+                                     + positions * vocab * (split - 1) + int(kept.sum()) * (steps - split)
+                                     + 2 * positions * vocab)  # accumulators, then the decision
+    with EnergyMeter(full) as meter, torch.no_grad():
+        full(input_ids=IDS)
+    dense = next(lay for lay in meter.report().per_layer if lay.name.endswith("encoder_head"))
+    assert layer.synops < dense.synops
+
+
+def test_partial_levels_are_the_first_steps_of_the_train():
+    coding = stac.coding.make_coding("signed_digit", 10, 8, 4)
+    levels = torch.arange(-1023, 1024, dtype=torch.float32)
+    digits = bitplane_digits(levels, 10, coding.sparsity, 8, 4).float()
+    w = coding.step_weights()
+    for k in (0, 1, 5, 23, coding.steps):
+        assert torch.equal(coding.partial_levels(levels, k), torch.tensordot(w[:k], digits[:k], dims=1))
+    assert coding.steps_above(12) == int((w >= 12).sum()) and coding.steps_above(1024) == 0
+    assert torch.equal(coding.spikes_per_step(levels[None]), digits.abs().sum(-1).to(torch.int64)[:, None])
+
+
+def test_save_and_load_keep_the_readout(tmp_path, kind):
+    _, pruned = _pair(kind, margin=0.01)
+    with torch.no_grad():
+        before = pruned(input_ids=IDS).logits
+    pruned.save_pretrained(tmp_path)
+    loaded = stac.StacForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded.model.lm_head) is SpikingReadout
+    assert (loaded.config.spiking_config.head_prune_bits, loaded.config.spiking_config.head_prune_margin) == (5.0, 0.01)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=IDS).logits, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(head_prune_bits=5.0, spiking_head=False), "spiking_head"),
+    (dict(head_prune_bits=10.0), r"\[1, T\)"),
+    (dict(head_prune_bits=0.5), r"\[1, T\)"),
+    (dict(head_prune_bits=5.0, head_prune_margin=0.0), "positive"),
+    (dict(head_prune_bits="5"), "number"),
+    (dict(head_prune_bits=5.0, layer_overrides=(("encoder_head", {"coding": "rate"}),)), "most significant"),
+])
+def test_bad_prune_settings_are_refused(changes, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        stac.SpikingConfig(**changes)
+
+
+def test_greedy_generation_with_the_cache_matches_without():
+    _, pruned = _pair("llama", margin=0.01)
+    prompt = IDS[:, :6]
+    with torch.no_grad():
+        cached = pruned.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
+        uncached = pruned.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
