@@ -134,8 +134,8 @@ def encoder_inputs(model: nn.Module, arch: Architecture) -> list[tuple[str, nn.M
 
 def _synapse_for(spiking: SpikingConfig, head: bool) -> Callable[[nn.Module, SpikeEncoder], SpikingLinear]:
     """The spiking module that replaces a matmul: the lm_head's stops trailing outputs early when asked."""
-    if head and spiking.head_prune_bits is not None:
-        return functools.partial(SpikingReadout, bits=spiking.head_prune_bits, margin=spiking.head_prune_margin)
+    if head and spiking.head_prune:
+        return functools.partial(SpikingReadout, stages=spiking.head_prune)
     return SpikingLinear
 
 

@@ -109,13 +109,12 @@ class SpikingConfig:
     # information of the ANN's output (stac.sensitivity), the fewest synaptic ops for a predicted KL of
     # kl_budget per position; threshold_margin (with its overrides) is then the floor, in multiples of the
     # calibration maximum, and threshold_weighting is not used. Older checkpoints lack both keys.
-    # The lm_head's outputs that fall behind stop early (stac.readout): once every spike of weight at least
-    # 2^(T - head_prune_bits) has reached them (the coarse logits then carry about that many bits of the
-    # input), an output more than head_prune_margin below the best coarse logit keeps its coarse value and
-    # receives no more spikes. The argmax never changes; tail logits are coarser (docs/levers.md (n)).
-    # None: every output receives every spike. Older checkpoints lack the keys and read as None.
-    head_prune_bits: float | None = None
-    head_prune_margin: float = 10.0
+    # The lm_head's outputs that fall behind stop early (stac.readout): ((bits, margin), ...) decisions in
+    # order. Once every spike of weight at least 2^(T - bits) has reached them (the logits then carry about
+    # that many bits of the input), the outputs more than margin (nats) below the best one still running
+    # keep their value and receive no later spikes. The argmax is kept in practice; the tail logits are
+    # coarser (docs/levers.md (n)). (): every output receives every spike. Older checkpoints lack the key.
+    head_prune: tuple[tuple[float, float], ...] = ()
     threshold_rule: str = "margin"
     kl_budget: float = 0.002  # the budget measured to meet the bar on SmolLM2-135M (docs/levers.md (l))
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
@@ -159,22 +158,6 @@ class SpikingConfig:
         if not 0.0 <= weighting <= 1.0:
             raise ValueError(f"SpikingConfig.threshold_weighting must be in [0, 1], got {weighting!r}")
         object.__setattr__(self, "threshold_weighting", float(weighting))
-        if self.head_prune_bits is not None:
-            for name in ("head_prune_bits", "head_prune_margin"):
-                value = getattr(self, name)
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TypeError(f"SpikingConfig.{name} must be a number, got {value!r}")
-                if not 0 < value < float("inf"):
-                    raise ValueError(f"SpikingConfig.{name} must be a positive finite number, got {value!r}")
-            if not self.spiking_head:
-                raise ValueError("head_prune_bits needs spiking_head=True: only a spiking lm_head can stop early")
-            head = self.for_encoder("encoder_head")
-            if head.coding not in ("bitplane", "signed_digit"):
-                raise ValueError(f"head_prune_bits needs the lm_head's input coded most significant step first "
-                                 f"(bitplane or signed_digit), not {head.coding!r}")
-            if not 1 <= self.head_prune_bits < head.timesteps:
-                raise ValueError(f"head_prune_bits must lie in [1, T) for the lm_head input's T = {head.timesteps}, "
-                                 f"got {self.head_prune_bits}")
         for name in ("spiking_head", "spiking_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"SpikingConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -210,6 +193,7 @@ class SpikingConfig:
                 raise ValueError(
                     f"layer override {pattern!r}: threshold_margin_factor must be a positive number, got {factor!r}")
             self._resolved(settings)
+        object.__setattr__(self, "head_prune", _prune_stages(self))
 
     def _resolved(self, settings: dict) -> "SpikingConfig":
         settings = _schedule_for(self, settings)
@@ -220,7 +204,8 @@ class SpikingConfig:
         factor = settings.pop("threshold_margin_factor", 1.0)
         if factor != 1.0:
             settings["threshold_margin"] = settings.get("threshold_margin", self.threshold_margin) * factor
-        resolved = dataclasses.replace(self, layer_overrides=(), **settings)
+        # one encoder's settings: the lm_head's decisions (head_prune) belong to the whole model
+        resolved = dataclasses.replace(self, layer_overrides=(), head_prune=(), **settings)
         if coarse_offset and resolved.steps_per_octave > 1:  # no coarse octaves with powers of two
             resolved = dataclasses.replace(resolved, coarse_octaves=max(0, resolved.coarse_octaves + coarse_offset))
         return resolved
@@ -237,6 +222,7 @@ class SpikingConfig:
         d = dataclasses.asdict(self)
         d["float_operations"] = list(self.float_operations)
         d["layer_overrides"] = [[p, dict(v)] for p, v in self.layer_overrides]
+        d["head_prune"] = [list(stage) for stage in self.head_prune]
         return d
 
     @classmethod
@@ -272,6 +258,31 @@ class SpikingConfig:
     def replace(self, **changes) -> "SpikingConfig":
         """A copy with ``changes``; a new coding without steps_per_octave gets that coding's default."""
         return dataclasses.replace(self, **_schedule_for(self, changes))
+
+
+def _prune_stages(config: SpikingConfig) -> tuple[tuple[float, float], ...]:
+    """``config.head_prune`` checked and as a tuple of (bits, margin) float pairs."""
+    stages = config.head_prune
+    if not isinstance(stages, (list, tuple)) or not all(isinstance(st, (list, tuple)) and len(st) == 2 for st in stages):
+        raise TypeError(f"SpikingConfig.head_prune must be a list of (bits, margin) pairs, got {stages!r}")
+    if not stages:
+        return ()
+    for value in (v for stage in stages for v in stage):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"SpikingConfig.head_prune: bits and margins must be numbers, got {value!r}")
+        if not 0 < value < float("inf"):
+            raise ValueError(f"SpikingConfig.head_prune: bits and margins must be positive and finite, got {value!r}")
+    if not config.spiking_head:
+        raise ValueError("head_prune needs spiking_head=True: only a spiking lm_head can stop outputs early")
+    head = config.for_encoder("encoder_head")
+    if head.coding not in ("bitplane", "signed_digit"):
+        raise ValueError(f"head_prune needs the lm_head's input coded most significant step first (bitplane or "
+                         f"signed_digit), not {head.coding!r}")
+    bits = [float(b) for b, _ in stages]
+    if not (1 <= bits[0] and bits[-1] < head.timesteps and all(a < b for a, b in zip(bits, bits[1:]))):
+        raise ValueError(f"head_prune: bits must rise through [1, T) for the lm_head input's T = {head.timesteps}, "
+                         f"got {bits}")
+    return tuple((float(b), float(m)) for b, m in stages)
 
 
 def _schedule_for(config: SpikingConfig, settings: dict) -> dict:

@@ -225,19 +225,25 @@ def _synapse_counts(module: SpikingLinear, code: SpikeCode, spikes: int, positio
 
 def _readout_counts(module: SpikingReadout, code: SpikeCode, spikes: int, positions: int,
                     fan_out: int) -> tuple[int, int]:
-    """(synaptic ops, element-wise ops) of one SpikingReadout call: a spike before the decision reaches
-    every output, a later one only the outputs its position kept (``module.last_kept``); accumulators step
-    once per step after the first until the decision, then only where kept; the decision takes a max and a
-    compare per output."""
-    steps, split = code.coding.steps, module.split
+    """(synaptic ops, element-wise ops) of one SpikingReadout call. The steps before the first decision
+    reach every output, those after decision i only the outputs it kept for that position
+    (``module.last_kept``); an accumulator steps once per step after the first while its output runs; each
+    decision takes a max and a compare per output still running."""
+    steps = code.coding.steps
     if code.train is not None:
         per_step = code.train.abs().sum(-1).to(torch.int64).reshape(steps, -1)
     else:
         per_step = code.coding.spikes_per_step(code.levels).reshape(steps, -1)
-    kept = module.last_kept.reshape(-1).to(torch.int64)
-    synops = int(per_step[:split].sum()) * fan_out + int((per_step[split:].sum(0) * kept).sum())
-    accumulator = positions * fan_out * (split - 1) + int(kept.sum()) * (steps - split)
-    return synops, accumulator + 2 * positions * fan_out
+    running = [torch.full((per_step.shape[1],), fan_out, dtype=torch.int64)]
+    running += [k.reshape(-1).to(torch.int64) for k in module.last_kept]
+    bounds = (0, *module.splits, steps)
+    synops = elementwise = 0
+    for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        synops += int((per_step[start:end].sum(0) * running[i]).sum())
+        elementwise += (end - start) * int(running[i].sum())
+        if i < len(module.splits):
+            elementwise += 2 * int(running[i].sum())
+    return synops, elementwise - positions * fan_out  # no accumulator step at the first step
 
 
 # How each kind of spiking matmul's work is counted (by the module's exact type).

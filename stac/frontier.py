@@ -63,8 +63,8 @@ def config_name(config: SpikingConfig) -> str:
     name += f"+kl{config.kl_budget:g}" if config.threshold_rule == "sensitivity" else ""
     if config.steps_per_octave != 1:
         name += f"+oct{config.steps_per_octave}" + (f"top{config.coarse_octaves}" if config.coarse_octaves else "")
-    if config.head_prune_bits is not None:
-        name += f"+prune{config.head_prune_bits:g}b{config.head_prune_margin:g}n"
+    if config.head_prune:
+        name += "+prune" + "/".join(f"{b:g}@{m:g}" for b, m in config.head_prune)
     return name + (f"+w{config.threshold_weighting:g}" if config.threshold_weighting else "")
 
 
@@ -96,14 +96,14 @@ def setting_overrides(setting: str, values: dict[str, float | int]) -> tuple[tup
 def _sd(t: int, margin: float = 4.0, head: bool = False, weighting: float = 0.0, attn: bool = False,
         head_margin: float = 1.0, margins: dict[str, float] | None = None, octave: int = 1,
         octaves: dict[str, int] | None = None, top: int = 0, tops: dict[str, int] | None = None,
-        prune: tuple[float, float] | None = None, **groups: int) -> SpikingConfig:
+        prune: tuple[tuple[float, float], ...] = (), **groups: int) -> SpikingConfig:
     margins = {**(margins or {}), **({"head": head_margin} if head_margin != 1 else {})}
     overrides = (group_overrides(**groups) + setting_overrides("threshold_margin_factor", margins)
                  + setting_overrides("steps_per_octave", octaves or {}) + setting_overrides("coarse_octaves", tops or {}))
     return SpikingConfig(timesteps=t, threshold_margin=margin, layer_overrides=overrides,
                          spiking_head=head, threshold_weighting=weighting, spiking_attention=attn,
                          steps_per_octave=octave, coarse_octaves=top,
-                         **({"head_prune_bits": prune[0], "head_prune_margin": prune[1]} if prune else {}))
+                         head_prune=prune)
 
 
 # The sweep of docs/levers.md, in the order it runs: codings at equal T, T, margins, per-group sensitivity
@@ -180,12 +180,16 @@ SWEEP: tuple[SpikingConfig, ...] = (
         tops={"down": 6}),
     _sd(10, 5.0, down=13, gate_up=9, q=12, p=12, head=True, weighting=0.5, margins={"head": 1.6, "down": 4.0},
         octave=8, top=4, tops={"down": 6}, attn=True, octaves={"q": 1, "p": 1}),
-    # the lm_head's trailing outputs stopped after 6.5 / 6.75 bits when 10 nats behind (stac.readout), on
-    # the default and on T=12 spiking attention
+    # the lm_head's trailing outputs stopped (stac.readout): 10 nats behind after 6.5 / 6.75 bits, on the
+    # default and on T=12 spiking attention; then two decisions (16 nats after 5.4 bits, 10 after 6.75)
     *(_sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
-          prune=(bits, 10.0)) for bits in (6.5, 6.75)),
+          prune=((bits, 10.0),)) for bits in (6.5, 6.75)),
     _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
-        attn=True, octaves={"q": 1, "p": 1}, q=12, p=12, prune=(6.5, 10.0)),
+        attn=True, octaves={"q": 1, "p": 1}, q=12, p=12, prune=((6.5, 10.0),)),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
+        prune=((5.4, 16.0), (6.75, 10.0))),
+    _sd(10, 5.0, down=12, gate_up=9, head=True, weighting=0.5, head_margin=1.6, octave=8, top=4, tops={"down": 6},
+        attn=True, octaves={"q": 1, "p": 1}, q=12, p=12, prune=((5.4, 16.0), (6.75, 10.0))),
 )
 PRESETS: dict[str, SpikingConfig] = {config_name(c): c for c in SWEEP}
 
@@ -199,12 +203,13 @@ def parse_config(spec: str) -> SpikingConfig:
     group's margin; ``kl=0.0015`` sets thresholds by sensitivity under that KL budget (the margin is then
     the floor); ``oct=3`` sets 3 steps per octave (absent: 1, powers of two), ``poct=1`` a group's own;
     ``top=3`` keeps the top 3 octaves at one step each (absent: 0), ``downtop=5`` a group's own;
-    ``prune=6.5`` stops the lm_head's outputs that trail by ``prunem=`` (absent: 10) after 6.5 bits.
+    ``prune=5.4@16/6.75@10`` stops the lm_head's outputs that trail by 16 nats after 5.4 bits, then by 10
+    after 6.75 bits (``SpikingConfig.head_prune``).
     """
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise ValueError(f"config spec {spec!r}: expected coding:T:margin[:group=T,...]")
-    groups, weighting, budget, octave, top, prune = {}, 0.0, None, 1, 0, {}
+    groups, weighting, budget, octave, top, prune = {}, 0.0, None, 1, 0, ()
     per_group = {setting: {} for setting in _SPEC_SETTINGS}  # downm=4, poct=1, downtop=6
     if len(parts) == 4 and parts[3]:
         for item in parts[3].split(","):
@@ -217,8 +222,8 @@ def parse_config(spec: str) -> SpikingConfig:
                 octave = int(t)
             elif group == "top":
                 top = int(t)
-            elif group in ("prune", "prunem"):
-                prune[group] = float(t)
+            elif group == "prune":
+                prune = tuple(tuple(float(v) for v in stage.split("@")) for stage in t.split("/"))
             else:
                 setting = next((k for k in _SPEC_SETTINGS if _group_setting(group, k)), None)
                 if setting is None:
@@ -238,8 +243,7 @@ def parse_config(spec: str) -> SpikingConfig:
                          threshold_weighting=weighting, spiking_attention=bool(attn), steps_per_octave=octave,
                          coarse_octaves=top,
                          **({"threshold_rule": "sensitivity", "kl_budget": budget} if budget is not None else {}),
-                         **({"head_prune_bits": prune["prune"]} if "prune" in prune else {}),
-                         **({"head_prune_margin": prune["prunem"]} if "prunem" in prune else {}))
+                         head_prune=prune)
 
 
 def _group_setting(key: str, setting: str) -> str | None:
@@ -275,8 +279,8 @@ def config_spec(config: SpikingConfig) -> str:
         groups.append(f"oct={config.steps_per_octave}")
     if config.coarse_octaves:
         groups.append(f"top={config.coarse_octaves}")
-    if config.head_prune_bits is not None:
-        groups.append(f"prune={config.head_prune_bits:g},prunem={config.head_prune_margin:g}")
+    if config.head_prune:
+        groups.append("prune=" + "/".join(f"{b:g}@{m:g}" for b, m in config.head_prune))
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 

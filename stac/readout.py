@@ -1,18 +1,19 @@
-"""The lm_head as a readout whose trailing outputs stop early (``SpikingConfig.head_prune_bits``).
+"""The lm_head as a readout whose trailing outputs stop early (``SpikingConfig.head_prune``).
 
 The lm_head's input neurons fire most significant step first, so after the steps of weight at least
 2^(T - bits) every output's accumulator holds its logit to about ``bits`` bits of the input. SpikingReadout
-takes one decision there: the outputs within ``margin`` (in logit units, nats) of the best one receive the
-remaining spikes; the others keep that coarse value, and their synapses are skipped for the remaining
-steps. An output more than ``margin`` behind would need the remaining, finer spikes to move it by more than
-``margin`` to win, so the argmax is kept in practice (measured, not guaranteed: docs/levers.md (n)); the
-tail of the distribution is coarser. Both engines compute the same two stages:
+takes a decision there for each (bits, margin) stage: the outputs within ``margin`` (logit units, nats) of
+the best one still running receive the later spikes; the others keep their value so far, and their
+synapses are skipped for every later step. An output more than ``margin`` behind would need the later,
+finer spikes to move it by more than that to win, so the argmax is kept in practice (measured, not
+guaranteed: docs/levers.md (n)); the tail of the distribution is coarser. Both engines run the same
+segments of steps between decisions:
 
-    closed form   coarse = W (partial levels * unit) + b;  fine = W[kept] (remaining levels * unit)
-    time-stepped  coarse = the first steps' spikes through every synapse; fine = the later steps' spikes
-                  through the kept outputs' synapses only
+    closed form   the first segment's levels through every synapse (+ bias), each later segment's levels
+                  through the synapses of the outputs still running
+    time-stepped  the same, with each segment's spikes instead of its levels
 
-What a forward kept is recorded per position (``last_kept``, a count) for the energy meter to read.
+What each decision kept is recorded per position (``last_kept``, counts) for the energy meter to read.
 """
 
 from __future__ import annotations
@@ -30,64 +31,77 @@ _GATHER_SHARE = 0.25
 
 
 class SpikingReadout(SpikingLinear):
-    """A SpikingLinear whose outputs that fall ``margin`` behind after the first ``bits`` bits stop there."""
+    """A SpikingLinear whose outputs stop at each of ``stages`` ((bits, margin), ...) when they trail the
+    best one still running by more than margin."""
 
-    def __init__(self, base_layer: nn.Module, encoder: SpikeEncoder, bits: float, margin: float):
+    def __init__(self, base_layer: nn.Module, encoder: SpikeEncoder, stages):
         super().__init__(base_layer, encoder)
         coding = encoder.coding
         if not hasattr(coding, "partial_levels"):
             raise ValueError(f"an early-stopping readout needs a most-significant-first coding, not {coding.name!r}")
-        self.bits = float(bits)
-        self.margin = float(margin)
-        # steps delivered to every output before the decision
-        self.split = coding.steps_above(2.0 ** (coding.timesteps - self.bits))
-        if not 0 < self.split < coding.steps:
-            raise ValueError(f"head_prune_bits={bits} leaves {self.split} of the lm_head input's {coding.steps} "
-                             f"steps before the decision; it must leave at least one on each side")
-        self.__dict__["last_kept"] = None
+        self.stages = tuple((float(b), float(m)) for b, m in stages)
+        # steps delivered before each decision
+        self.splits = tuple(coding.steps_above(2.0 ** (coding.timesteps - b)) for b, _ in self.stages)
+        bounds = (0, *self.splits, coding.steps)
+        if not all(a < b for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"head_prune {self.stages} puts its decisions after steps {self.splits} of the lm_head "
+                             f"input's {coding.steps}: each must come after more steps than the last, and before the end")
+        # kept outputs per position after each decision, as the last forward decided them (for the meter)
+        self.__dict__["last_kept"] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         code = self._encoder[0](x)
         base = self._modules["base_layer"]
         dtype = _parameter_dtype(base)
-        split = self.split
-        if code.train is None:
-            coarse_levels = code.coding.partial_levels(code.levels, split)
-            coarse = base((coarse_levels * code.unit).to(dtype))
-            rest = ((code.levels - coarse_levels) * code.unit).to(dtype)
-            later = None
-        else:
-            first = SpikeCode(code.coding, code.unit, code.step_weights[:split], train=code.train[:split])
-            later = SpikeCode(code.coding, code.unit, code.step_weights[split:], train=code.train[split:])
-            coarse = self.train_sum(first, base)
-            if base.bias is not None:
-                coarse = coarse + base.bias
-            rest = None
-        keep = coarse >= coarse.amax(-1, keepdim=True) - self.margin
-        self.__dict__["last_kept"] = keep.sum(-1)
-        outputs = coarse.shape[-1]
-        columns = keep.reshape(-1, outputs).any(0).nonzero().squeeze(1)
         weight = SYNAPSES[type(base)](base)  # [out, in]
+        bounds = (0, *self.splits, code.coding.steps)
+        value = keep = None
+        kept = []
+        done = torch.zeros_like(code.levels) if code.train is None else None
+        for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+            if code.train is None:  # closed form: what the neurons code in steps [start, end)
+                upto = code.coding.partial_levels(code.levels, end) if end < code.coding.steps else code.levels
+                segment, done = ((upto - done) * code.unit).to(dtype), upto
+            else:
+                segment = SpikeCode(code.coding, code.unit, code.step_weights[start:end], train=code.train[start:end])
+            if value is None:
+                value = base(segment) if code.train is None else self._bias(self.train_sum(segment, base), base)
+            else:
+                value = self._add_kept(value, keep, base, weight, segment)
+            if i < len(self.stages):
+                running = value if keep is None else value.masked_fill(~keep, -float("inf"))
+                now = value >= running.amax(-1, keepdim=True) - self.stages[i][1]
+                keep = now if keep is None else keep & now
+                kept.append(keep.sum(-1))
+        self.__dict__["last_kept"] = tuple(kept)
+        return value
+
+    @staticmethod
+    def _bias(out: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        return out if base.bias is None else out + base.bias
+
+    def _add_kept(self, value: torch.Tensor, keep: torch.Tensor, base: nn.Module, weight: torch.Tensor,
+                  segment) -> torch.Tensor:
+        """``value`` plus the segment's input through the synapses of the kept outputs only."""
+        outputs = value.shape[-1]
+        columns = keep.reshape(-1, outputs).any(0).nonzero().squeeze(1)
         if torch.compiler.is_compiling() or weight.device.type == "meta" or columns.numel() > _GATHER_SHARE * outputs:
-            columns = None  # every output through the fine stage, then masked
-        fine = self._fine(base, weight, columns, rest, later)
-        if columns is None:
-            return coarse + fine * keep
-        out = coarse.clone()
-        out[..., columns] += fine * keep[..., columns]
+            return value + self._through(segment, base, weight, None) * keep
+        out = value.clone()
+        out[..., columns] += self._through(segment, base, weight, columns) * keep[..., columns]
         return out
 
-    def _fine(self, base: nn.Module, weight: torch.Tensor, columns: torch.Tensor | None,
-              rest: torch.Tensor | None, later: SpikeCode | None) -> torch.Tensor:
-        """The remaining input through the synapses of ``columns`` (all outputs if None), without bias."""
-        if later is None:  # closed form: one product of the remaining levels
-            return F.linear(rest, weight if columns is None else weight[columns])
+    def _through(self, segment, base: nn.Module, weight: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        """A segment (closed form: its decoded input; time-stepped: its spikes) through the synapses of
+        ``columns`` (every output if None), without bias."""
+        if not isinstance(segment, SpikeCode):
+            return F.linear(segment, weight if columns is None else weight[columns])
         if columns is None:
-            return self.train_sum(later, base)
-        if self._event_driven(base, later.train):
-            return _kernel_spike_synapse(later.train, later.unit, later.step_weights,
-                                 self._synapse_rows(base)[:, columns])
-        return later.sum_steps(F.linear(later.scaled(_parameter_dtype(base)), weight[columns]))
+            return self.train_sum(segment, base)
+        if self._event_driven(base, segment.train):
+            return _kernel_spike_synapse(segment.train, segment.unit, segment.step_weights,
+                                         self._synapse_rows(base)[:, columns])
+        return segment.sum_steps(F.linear(segment.scaled(_parameter_dtype(base)), weight[columns]))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bits={self.bits}, margin={self.margin}, steps_before_decision={self.split}"
+        return f"{super().extra_repr()}, stages={self.stages}, steps_before_decisions={self.splits}"

@@ -14,12 +14,12 @@ from conftest import tiny_ann, tiny_calibration
 IDS = torch.tensor([[5, 17, 42, 8, 63, 21, 9, 77, 30, 14, 50, 3]])
 
 
-def _pair(kind, bits=5.0, margin=1e9, **changes):
+def _pair(kind, bits=5.0, margin=1e9, stages=None, **changes):
     """(default SNN, the same SNN with a pruning readout) from one calibration: identical thresholds."""
     ann = tiny_ann(kind)
     calibration = tiny_calibration()
     full = stac.convert(ann, stac.SpikingConfig(**changes), calibration=calibration)
-    pruned = stac.convert(ann, stac.SpikingConfig(head_prune_bits=bits, head_prune_margin=margin, **changes),
+    pruned = stac.convert(ann, stac.SpikingConfig(head_prune=stages or ((bits, margin),), **changes),
                           calibration=calibration)
     return full, pruned
 
@@ -69,7 +69,7 @@ def test_a_readout_that_keeps_every_output_computes_the_lm_head(kind, engine):
     with torch.no_grad():
         a, b = full(input_ids=IDS).logits, pruned(input_ids=IDS).logits
     torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
-    assert bool((pruned.model.lm_head.last_kept == a.shape[-1]).all())
+    assert bool((pruned.model.lm_head.last_kept[0] == a.shape[-1]).all())
 
 
 @pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
@@ -86,7 +86,7 @@ def test_trailing_outputs_keep_their_coarse_value_and_the_rest_are_exact(kind, e
     assert 0 < int(kept.sum()) < kept.numel()
     torch.testing.assert_close(out[kept], exact[kept], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[~kept], coarse[~kept], rtol=1e-5, atol=1e-5)
-    assert torch.equal(pruned.model.lm_head.last_kept, kept.sum(-1))
+    assert torch.equal(pruned.model.lm_head.last_kept[0], kept.sum(-1))
 
 
 def test_the_two_engines_agree_when_outputs_stop(kind):
@@ -96,10 +96,10 @@ def test_the_two_engines_agree_when_outputs_stop(kind):
     _, pruned = _pair(kind, margin=margin)
     with torch.no_grad():
         a = pruned(input_ids=IDS).logits
-        kept_a = pruned.model.lm_head.last_kept.clone()
+        kept_a = pruned.model.lm_head.last_kept[0].clone()
         pruned.set_engine("time_stepped")
         b = pruned(input_ids=IDS).logits
-    assert torch.equal(pruned.model.lm_head.last_kept, kept_a)
+    assert torch.equal(pruned.model.lm_head.last_kept[0], kept_a)
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
@@ -113,7 +113,7 @@ def test_a_margin_above_twice_the_remaining_contribution_keeps_the_argmax(kind):
     with torch.no_grad():
         out = pruned(input_ids=IDS).logits
     assert torch.equal(out.argmax(-1), exact.argmax(-1))
-    assert int(pruned.model.lm_head.last_kept.min()) < exact.shape[-1] or bound == 0
+    assert int(pruned.model.lm_head.last_kept[0].min()) < exact.shape[-1] or bound == 0
 
 
 @pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
@@ -127,7 +127,7 @@ def test_the_meter_counts_only_the_synapses_a_later_spike_reaches(kind, engine):
     with EnergyMeter(pruned) as meter, torch.no_grad():
         pruned(input_ids=IDS)
     layer = next(lay for lay in meter.report().per_layer if lay.name.endswith("encoder_head"))
-    vocab, split, steps = coarse.shape[-1], head.split, digits.shape[0]
+    vocab, split, steps = coarse.shape[-1], head.splits[0], digits.shape[0]
     per_step = digits.abs().sum(-1)[:, 0]  # [steps, positions]
     kept = (coarse.amax(-1, keepdim=True) - coarse <= margin).sum(-1)[0]
     assert layer.synops == int(per_step[:split].sum()) * vocab + int((per_step[split:].sum(0) * kept).sum())
@@ -162,18 +162,20 @@ def test_save_and_load_keep_the_readout(tmp_path, kind):
     pruned.save_pretrained(tmp_path)
     loaded = stac.StacForCausalLM.from_pretrained(tmp_path)
     assert type(loaded.model.lm_head) is SpikingReadout
-    assert (loaded.config.spiking_config.head_prune_bits, loaded.config.spiking_config.head_prune_margin) == (5.0, 0.01)
+    assert loaded.config.spiking_config.head_prune == ((5.0, 0.01),)
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=IDS).logits, before, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(head_prune_bits=5.0, spiking_head=False), "spiking_head"),
-    (dict(head_prune_bits=10.0), r"\[1, T\)"),
-    (dict(head_prune_bits=0.5), r"\[1, T\)"),
-    (dict(head_prune_bits=5.0, head_prune_margin=0.0), "positive"),
-    (dict(head_prune_bits="5"), "number"),
-    (dict(head_prune_bits=5.0, layer_overrides=(("encoder_head", {"coding": "rate"}),)), "most significant"),
+    (dict(head_prune=((5.0, 10.0),), spiking_head=False), "spiking_head"),
+    (dict(head_prune=((10.0, 10.0),)), r"rise through \[1, T\)"),
+    (dict(head_prune=((0.5, 10.0),)), r"rise through \[1, T\)"),
+    (dict(head_prune=((6.0, 10.0), (5.0, 8.0))), "rise"),
+    (dict(head_prune=((5.0, 0.0),)), "positive"),
+    (dict(head_prune=(("5", 10.0),)), "numbers"),
+    (dict(head_prune=5.0), "pairs"),
+    (dict(head_prune=((5.0, 10.0),), layer_overrides=(("encoder_head", {"coding": "rate"}),)), "most significant"),
 ])
 def test_bad_prune_settings_are_refused(changes, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -187,3 +189,52 @@ def test_greedy_generation_with_the_cache_matches_without():
         cached = pruned.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
         uncached = pruned.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def _staged_reference(snn, stages):
+    """The logits of a readout with decisions at ``stages``, computed here from the head's input levels: each
+    output adds every segment of steps while it runs and keeps its value when it stops."""
+    head = snn.model.lm_head
+    seen = []
+    handle = head.encoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        snn(input_ids=IDS)
+    handle.remove()
+    enc, c = head.encoder, head.encoder.coding
+    levels = c.levels(c.normalise(seen[-1], enc.threshold.float()))
+    digits = bitplane_digits(levels, c.timesteps, c.sparsity, c.steps_per_octave, c.coarse_octaves).float()
+    w, unit, weight = c.step_weights(), c.unit(enc.threshold.float()), head.base_layer.weight
+    bounds = [0] + [_split(snn, b) for b, _ in stages] + [c.steps]
+    value, running, kept = 0, None, []
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        part = (torch.tensordot(w[a:b], digits[a:b], dims=1) * unit) @ weight.t()
+        value = part + value if running is None else torch.where(running, value + part, value)
+        if i < len(stages):
+            best = value if running is None else value.masked_fill(~running, -float("inf"))
+            now = value >= best.amax(-1, keepdim=True) - stages[i][1]
+            running = now if running is None else running & now
+            kept.append(running.sum(-1))
+    return value, kept, digits, bounds
+
+
+@pytest.mark.parametrize("engine", ["closed_form", "time_stepped"])
+def test_several_decisions_stop_outputs_in_turn_and_are_counted(kind, engine):
+    full, _ = _pair(kind)
+    coarse, _, _ = _coarse_and_full(full, bits=5.0)
+    first = _margin_near(coarse, 0.3)
+    stages = ((5.0, first), (7.0, first / 3))
+    reference, kept, digits, bounds = _staged_reference(full, stages)
+    _, pruned = _pair(kind, stages=stages)
+    pruned.set_engine(engine)
+    with EnergyMeter(pruned) as meter, torch.no_grad():
+        out = pruned(input_ids=IDS).logits
+    head = pruned.model.lm_head
+    assert [int(k.sum()) for k in head.last_kept] == [int(k.sum()) for k in kept]
+    assert int(kept[0].sum()) > int(kept[1].sum()) > 0
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    layer = next(lay for lay in meter.report().per_layer if lay.name.endswith("encoder_head"))
+    vocab = out.shape[-1]
+    per_step = digits.abs().sum(-1)[:, 0]  # [steps, positions]
+    running = [torch.full_like(kept[0][0], vocab)] + [k[0] for k in kept]
+    synops = sum(int((per_step[a:b].sum(0) * r).sum()) for (a, b), r in zip(zip(bounds, bounds[1:]), running))
+    assert layer.synops == synops

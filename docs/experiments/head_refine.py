@@ -11,8 +11,10 @@ is recorded with a hook, its spike train recomputed on integers (stac.neurons.bi
 Energy (text average, 45 nm: E_AC 0.9 pJ, element-wise 4.6 pJ): the head's synaptic ops and Horner steps
 with and without pruning, plus two element-wise ops per output at the prune step (a max and a compare).
 
-Usage: python docs/experiments/head_refine.py
+Usage: python docs/experiments/head_refine.py            (one decision: every t, delta; the variance checks)
+       python docs/experiments/head_refine.py stages     (several decisions in sequence)
 """
+import sys
 import math
 
 import torch
@@ -67,6 +69,45 @@ def quality(logits):
 base = quality(full_logits)
 e_full = float(spikes_per_step.sum(0).mean()) * V * E_AC + (S - 1) * V * E_EW
 print(f"default SNN: {base}, head {e_full * 1e6:.2f} uJ per token")
+def staged(stages):
+    """Decisions at (t, delta) in order: after step t, outputs more than delta behind the best current value
+    stop (those already stopped stay stopped). Returns (logits, head energy per token, kept counts)."""
+    value = torch.zeros(P, V)
+    active = torch.ones(P, V, dtype=torch.bool)
+    cum_prev = torch.zeros_like(x)
+    cum = torch.zeros_like(x)
+    synops = torch.zeros(P)
+    acc_ops = torch.zeros(P)
+    done = 0
+    for t_stop, delta in list(stages) + [(S - 1, None)]:
+        for t in range(done, t_stop + 1):
+            cum += weights[t] * digits[t].float()
+        n = active.sum(-1).float()
+        synops += spikes_per_step[done:t_stop + 1].sum(0) * n
+        acc_ops += (t_stop + 1 - done) * n
+        value = torch.where(active, value + ((cum - cum_prev) * unit) @ W.t(), value)
+        cum_prev = cum.clone()
+        done = t_stop + 1
+        if delta is not None:
+            best = value.masked_fill(~active, -float("inf")).amax(-1, keepdim=True)
+            active &= value >= best - delta
+            acc_ops += 2 * V
+    energy = synops.mean() * E_AC + (acc_ops.mean() - V) * E_EW
+    return value, float(energy), active.sum(-1).float()
+
+
+if sys.argv[1:] == ["stages"]:
+    for stages in ([(22, 10.0)], [(14, 16.0)], [(14, 16.0), (22, 10.0)], [(12, 16.0), (22, 10.0)],
+                   [(14, 16.0), (24, 10.0)], [(14, 16.0), (20, 12.0)], [(10, 20.0), (16, 14.0), (24, 10.0)],
+                   [(14, 16.0), (22, 10.0), (28, 7.0)], [(12, 18.0), (18, 13.0), (24, 9.0)]):
+        logits, energy, kept = staged(stages)
+        q = quality(logits)
+        print(f"{stages}: head {energy * 1e6:6.2f} uJ (saves {(e_full - energy) * 1e6:5.2f}), kept at the end "
+              f"{float(kept.mean()):6.0f}; top1 {q['top1']:.4f}, KL {q['kl']:.5f}, PPL x{q['ppl_ratio']:.4f}, "
+              f"top-1 changed vs SNN {float((logits.argmax(-1) != full_logits.argmax(-1)).float().mean()):.4f}",
+              flush=True)
+    sys.exit()
+
 # The variance correction: a pruned logit misses W_j r (r: the neurons' residual after step t), so
 # exp(logit) is biased up by about exp(var_j / 2); subtracting var_j / 2, with var_j = sum_i W_ji^2 E[r_i^2]
 # and E[r_i^2] per neuron from the first half of the positions, removes that bias from the normaliser.
