@@ -33,12 +33,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "(default: stac/chat_eval.json)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest assistant reply in the chat test")
     p.add_argument("--json", type=Path, help="also write the result here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.spiking = spiking_config(args)
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    spiking = spiking_config(args)
+    spiking = args.spiking
     ann, snn, tokenizer = load_pair(args.model, args.base, spiking, progress=sys.stderr.isatty())
     result = evaluate(ann, snn, tokenizer, text=args.text_file, n_tokens=args.tokens,
                       chats=load_chats(args.chat_file), energy_model=args.energy_model, context=args.context,

@@ -9,8 +9,8 @@ from .config import DEFAULT_COARSE_OCTAVES, DEFAULT_STEPS_PER_OCTAVE, SpikingCon
 
 
 def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None:
-    """--timesteps, --coding, --steps-per-octave, --margin, --kl-budget and --spiking-attention; ``note``
-    ends the T and margin help (e.g. ", when converting on the fly")."""
+    """--timesteps, --coding, --steps-per-octave, --margin, --kl-budget, --spiking-attention, --head-prune and
+    --config; ``note`` ends the T and margin help (e.g. ", when converting on the fly")."""
     parser.add_argument("--timesteps", type=int,
                         help=f"T{note} (default {SpikingConfig.timesteps}, with the default per-layer offsets; "
                              "12 with --kl-budget)")
@@ -28,14 +28,46 @@ def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None
                              "predicted KL per token (stac.sensitivity; docs/levers.md (l)), instead of margin x max")
     parser.add_argument("--spiking-attention", action="store_true",
                         help="spike-code the attention's queries and softmax weights too (stac.attention)")
+    default = "/".join(f"{b:g}@{m:g}" for b, m in SpikingConfig.head_prune) or "none"
+    parser.add_argument("--head-prune", metavar="BITS@MARGIN[/BITS@MARGIN...]",
+                        help="stop the lm_head's outputs that trail the best by MARGIN nats once BITS bits of its "
+                             f"input have arrived (stac.readout; 'none': never; default {default})")
+    parser.add_argument("--config", metavar="SPEC",
+                        help="a stac.frontier preset name or spec (coding:T:margin[:group=T,...], see "
+                             "scripts/frontier.py), instead of the options above")
 
 
 def spiking_config(args: argparse.Namespace) -> SpikingConfig:
     """The SpikingConfig the options in ``args`` ask for: the default, or ``by_sensitivity`` with a KL
     budget, with T and margin replaced where given (raises TypeError/ValueError on bad values)."""
+    if args.config is not None:
+        others = [f"--{k}" for k, v in (("timesteps", args.timesteps), ("margin", args.margin),
+                                        ("steps-per-octave", args.steps_per_octave), ("kl-budget", args.kl_budget),
+                                        ("head-prune", args.head_prune)) if v is not None]
+        others += ["--spiking-attention"] * args.spiking_attention
+        others += ["--coding"] * (args.coding != SpikingConfig.coding)
+        if others:
+            raise ValueError(f"--config gives the whole spiking config; drop {', '.join(others)}")
+        from .frontier import select_configs  # the sweep's presets and spec parser
+        chosen = select_configs([args.config])
+        if len(chosen) != 1:
+            raise ValueError(f"--config {args.config!r} matches {len(chosen)} presets: {sorted(chosen)}")
+        return next(iter(chosen.values()))
     given = {k: v for k, v in (("timesteps", args.timesteps), ("threshold_margin", args.margin),
                                ("steps_per_octave", args.steps_per_octave)) if v is not None}
+    if args.head_prune is not None:
+        given["head_prune"] = parse_head_prune(args.head_prune)
     if args.kl_budget is not None:
         return SpikingConfig.by_sensitivity(args.kl_budget, coding=args.coding,
                                             spiking_attention=args.spiking_attention, **given)
     return SpikingConfig(coding=args.coding, spiking_attention=args.spiking_attention, **given)
+
+
+def parse_head_prune(text: str) -> tuple[tuple[float, float], ...]:
+    """``5.4@16/6.75@10`` -> ((5.4, 16.0), (6.75, 10.0)); ``none`` -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple((float(b), float(m)) for b, m in (stage.split("@") for stage in text.split("/")))
+    except ValueError:
+        raise ValueError(f"--head-prune {text!r}: expected BITS@MARGIN[/BITS@MARGIN...] or 'none'") from None

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import stac
+import stac.frontier
 from stac.cli import add_spiking_options, spiking_config
 from tests.conftest import tiny_ann
 
@@ -86,6 +87,16 @@ def test_script_options_build_the_default_or_the_sensitivity_config():
     assert (c.threshold_rule, c.timesteps, c.layer_overrides) == ("sensitivity", 12, ())
     assert from_options("--steps-per-octave", "2").steps_per_octave == 2
     assert from_options("--kl-budget", "0.002", "--steps-per-octave", "1").steps_per_octave == 1
+    assert from_options("--head-prune", "5.4@16/6.75@10").head_prune == ((5.4, 16.0), (6.75, 10.0))
+    assert from_options("--head-prune", "none").head_prune == ()
+    preset = "sd-T10-m5+down12+gate_up9+headmx1.6+downtop6+head+oct8top4+prune6.5@10+w0.5"
+    assert from_options("--config", preset) == stac.frontier.PRESETS[preset]
+    spec = "signed_digit:10:5:down=12,w=0.5,oct=8,top=4,prune=5.4@16/6.75@10"
+    assert from_options("--config", spec) == stac.frontier.parse_config(spec)
+    for argv, message in ((("--config", spec, "--margin", "3"), "drop --margin"),
+                          (("--config", "sd-T1*"), "matches"), (("--head-prune", "6@"), "BITS@MARGIN")):
+        with pytest.raises(ValueError, match=message):
+            from_options(*argv)
 
 
 def test_convert_script_rejects_bad_arguments(tmp_path):
