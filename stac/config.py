@@ -46,6 +46,9 @@ DEFAULT_LAYER_OVERRIDES = (
 DEFAULT_STEPS_PER_OCTAVE = {"signed_digit": 8}
 DEFAULT_COARSE_OCTAVES = 4
 
+# The lm_head's early-stopping decisions by default (stac.readout): 10 nats behind after 6.5 bits.
+DEFAULT_HEAD_PRUNE = ((6.5, 10.0),)
+
 # What stays in floating point in a converted model (written into the saved config so that a reader of the
 # checkpoint knows exactly which operations are spike-driven and which are not).
 FLOAT_OPERATIONS = (
@@ -113,8 +116,11 @@ class SpikingConfig:
     # order. Once every spike of weight at least 2^(T - bits) has reached them (the logits then carry about
     # that many bits of the input), the outputs more than margin (nats) below the best one still running
     # keep their value and receive no later spikes. The argmax is kept in practice; the tail logits are
-    # coarser (docs/levers.md (n)). (): every output receives every spike. Older checkpoints lack the key.
-    head_prune: tuple[tuple[float, float], ...] = ()
+    # coarser. The default, 10 nats after 6.5 bits, was measured at 2.87x against 2.66x without, top-1
+    # unchanged, KL 0.0017 -> 0.0029 (docs/levers.md (n)). (): every output receives every spike. Older
+    # checkpoints lack the key; from_dict reads it as ().
+    # Where the lm_head cannot stop early (a float lm_head, rate coding, T <= 6.5), the default reads as ().
+    head_prune: tuple[tuple[float, float], ...] = DEFAULT_HEAD_PRUNE
     threshold_rule: str = "margin"
     kl_budget: float = 0.002  # the budget measured to meet the bar on SmolLM2-135M (docs/levers.md (l))
     float_operations: tuple[str, ...] = field(default=FLOAT_OPERATIONS)
@@ -241,7 +247,7 @@ class SpikingConfig:
                 raise TypeError(f"spiking config {key} must be an int, got None (leave the key out for the default)")
         if not saved:
             return cls(**d)
-        return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False,
+        return cls(**{"spiking_head": False, "threshold_weighting": 0.0, "spiking_attention": False, "head_prune": (),
                       "threshold_rule": "margin", "steps_per_octave": 1, "coarse_octaves": 0, **d})
 
     @classmethod
@@ -260,6 +266,12 @@ class SpikingConfig:
         return dataclasses.replace(self, **_schedule_for(self, changes))
 
 
+def _head_can_stop(config: SpikingConfig, stages) -> bool:
+    head = config.for_encoder("encoder_head")
+    return (config.spiking_head and head.coding in ("bitplane", "signed_digit")
+            and max(b for b, _ in stages) < head.timesteps)
+
+
 def _prune_stages(config: SpikingConfig) -> tuple[tuple[float, float], ...]:
     """``config.head_prune`` checked and as a tuple of (bits, margin) float pairs."""
     stages = config.head_prune
@@ -267,6 +279,8 @@ def _prune_stages(config: SpikingConfig) -> tuple[tuple[float, float], ...]:
         raise TypeError(f"SpikingConfig.head_prune must be a list of (bits, margin) pairs, got {stages!r}")
     if not stages:
         return ()
+    if tuple(tuple(st) for st in stages) == DEFAULT_HEAD_PRUNE and not _head_can_stop(config, DEFAULT_HEAD_PRUNE):
+        return ()  # the default, where it does not apply
     for value in (v for stage in stages for v in stage):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"SpikingConfig.head_prune: bits and margins must be numbers, got {value!r}")

@@ -163,6 +163,9 @@ def model_card(config: StacConfig, repo_id: str, results: dict | None = None) ->
             *([("thresholds by measured sensitivity, predicted KL budget", spiking["kl_budget"])]
               if spiking.get("threshold_rule") == "sensitivity" else []),
             ("spiking lm_head", spiking["spiking_head"]),
+            *([("lm_head outputs stopped when trailing (bits of input, margin in nats)",
+                ", ".join(f"{b:g} bits, {m:g}" for b, m in spiking["head_prune"]))]
+              if spiking.get("head_prune") else []),
             ("spiking attention inputs (QK^T, AV)", spiking["spiking_attention"]),
             ("minimum threshold", spiking["min_threshold"]),
             ("engine", spiking["engine"]), ("base architecture", config.text_config.model_type),

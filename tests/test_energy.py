@@ -98,7 +98,14 @@ def test_spikes_and_synaptic_ops_equal_the_hand_count_exactly(kind, engine, octa
             positions = neurons // snn.encoders[lay.name].channels
             bias = kind == "gpt2" and not lay.name.endswith("encoder_head")  # GPT-2's lm_head has none
             horner = positions * fan_out * (steps - 1 + bias)
-            assert lay.elementwise_ops == neurons * (3 + steps) + spikes + horner
+            # the default's lm_head stops trailing outputs early (stac.readout): on these tiny models every
+            # logit lies within its margin, so every output runs, and each decision costs a max and a
+            # compare per output
+            head = snn.model.lm_head if lay.name.endswith("encoder_head") else None
+            decisions = len(getattr(head, "stages", ()))
+            if decisions:
+                assert all(bool((kept == fan_out).all()) for kept in head.last_kept)
+            assert lay.elementwise_ops == neurons * (3 + steps) + spikes + horner + 2 * decisions * positions * fan_out
     assert report.spikes == sum(s for s, _, _ in expected.values()) > 0
     assert report.synops == sum(s for _, s, _ in expected.values())
     assert report.tokens == ids.numel()

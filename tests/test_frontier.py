@@ -54,7 +54,7 @@ def test_every_preset_is_named_by_its_config_and_round_trips_through_its_spec():
     assert weighted.threshold_weighting == 0.5 and config_name(weighted) == "sd-T10-m6+down12+head+w0.5"
     assert parse_config(config_spec(weighted)) == weighted
     assert config_name(stac.SpikingConfig(coding="bitplane", timesteps=10, threshold_margin=2.5,
-                                          layer_overrides=())) == "bp-T10-m2.5+head+w0.5"
+                                          layer_overrides=())) == "bp-T10-m2.5+head+prune6.5@10+w0.5"
 
 
 def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
@@ -66,7 +66,7 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
                                                                                layer_overrides=())}
     assert select_configs(None) == PRESETS
     assert config_name(stac.SpikingConfig()) == (
-        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+poct1+head+oct8top4+w0.5")
+        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+poct1+head+oct8top4+prune6.5@10+w0.5")
     assert config_name(stac.SpikingConfig(spiking_head=False, steps_per_octave=1)) == (
         "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+poct1+w0.5")
     dense = parse_config("signed_digit:10:5:down=12,oct=4,top=3")

@@ -18,7 +18,7 @@ def _pair(kind, bits=5.0, margin=1e9, stages=None, **changes):
     """(default SNN, the same SNN with a pruning readout) from one calibration: identical thresholds."""
     ann = tiny_ann(kind)
     calibration = tiny_calibration()
-    full = stac.convert(ann, stac.SpikingConfig(**changes), calibration=calibration)
+    full = stac.convert(ann, stac.SpikingConfig(head_prune=(), **changes), calibration=calibration)
     pruned = stac.convert(ann, stac.SpikingConfig(head_prune=stages or ((bits, margin),), **changes),
                           calibration=calibration)
     return full, pruned

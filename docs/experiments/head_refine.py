@@ -129,13 +129,13 @@ held_base = quality_on(full_logits, held)
 print(f"second half, default SNN: {held_base}")
 for t in range(S):
     cum += weights[t] * digits[t].float()
-    if t < 14 or t > 26 or t % 2:
+    if t < 4 or t > 30 or t % 2:
         continue
     partial = (cum * unit) @ W.t()  # [P, V]
     residual = (levels - cum) * unit
     var = W2 @ residual[:half].pow(2).mean(0)  # [V]
     gap = partial.amax(-1, keepdim=True) - partial
-    for delta in (8.0, 10.0, 12.0):
+    for delta in (6.0, 8.0, 10.0, 12.0, 16.0):
         active = gap <= delta
         logits = torch.where(active, full_logits, partial)
         pruned_first = ~active[:half]
