@@ -236,7 +236,19 @@ class BitPlaneCoding(Coding):
 
     def partial_levels(self, levels: torch.Tensor, steps: int) -> torch.Tensor:
         """What the first ``steps`` spikes of each neuron code: sum over t < steps of w_t s_t, for integer
-        ``levels`` (any dtype holding them exactly), by the neuron's own firing rule (stac.neurons)."""
+        ``levels`` (any dtype holding them exactly), by the neuron's own firing rule (stac.neurons). Up to
+        T = 16 one lookup in a table of every level (made once per ``steps`` and device), else step by step."""
+        if self.timesteps <= 16 and not torch.compiler.is_compiling():
+            key = (steps, levels.device, levels.dtype)
+            tables = self.__dict__.setdefault("_partial_tables", {})
+            table = tables.get(key)
+            if table is None:
+                every = torch.arange(-self.max_level, self.max_level + 1, dtype=torch.float64)
+                table = tables[key] = self._partial_by_steps(every, steps).to(device=levels.device, dtype=levels.dtype)
+            return table[(levels + self.max_level).long()]
+        return self._partial_by_steps(levels, steps)
+
+    def _partial_by_steps(self, levels: torch.Tensor, steps: int) -> torch.Tensor:
         r = levels
         for w in self._weights[:steps]:
             k = math.ceil(self.sparsity * w)

@@ -151,6 +151,7 @@ def test_partial_levels_are_the_first_steps_of_the_train():
     w = coding.step_weights()
     for k in (0, 1, 5, 23, coding.steps):
         assert torch.equal(coding.partial_levels(levels, k), torch.tensordot(w[:k], digits[:k], dims=1))
+        assert torch.equal(coding._partial_by_steps(levels, k), coding.partial_levels(levels, k))  # no table
     assert coding.steps_above(12) == int((w >= 12).sum()) and coding.steps_above(1024) == 0
     assert torch.equal(coding.spikes_per_step(levels[None]), digits.abs().sum(-1).to(torch.int64)[:, None])
 
