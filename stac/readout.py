@@ -84,8 +84,12 @@ class SpikingReadout(SpikingLinear):
                   segment) -> torch.Tensor:
         """``value`` plus the segment's input through the synapses of the kept outputs only."""
         outputs = value.shape[-1]
-        columns = keep.reshape(-1, outputs).any(0).nonzero().squeeze(1)
-        if torch.compiler.is_compiling() or weight.device.type == "meta" or columns.numel() > _GATHER_SHARE * outputs:
+        columns = None
+        if not torch.compiler.is_compiling() and weight.device.type != "meta":  # no data-dependent shapes there
+            columns = keep.reshape(-1, outputs).any(0).nonzero().squeeze(1)
+            if columns.numel() > _GATHER_SHARE * outputs:
+                columns = None
+        if columns is None:
             return value + self._through(segment, base, weight, None) * keep
         out = value.clone()
         out[..., columns] += self._through(segment, base, weight, columns) * keep[..., columns]
