@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 import stac  # noqa: E402
 from stac.benchmark import compare_speed, peak_rss_mb  # noqa: E402
+from stac.cli import parse_head_prune  # noqa: E402
 from stac.data import read_text, token_windows  # noqa: E402
 
 
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
     p.add_argument("--spiking-attention", action="store_true",
                    help="spike-code the attention's queries and softmax weights too (stac.attention)")
+    p.add_argument("--head-prune", metavar="BITS@MARGIN[/...]",
+                   help="the lm_head's early stop (stac.readout; 'none': a full readout; default: the package's)")
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="prefill: best of this many runs")
@@ -43,15 +46,16 @@ def main(argv=None) -> int:
     ann, tok = stac.load_base(args.model)
     t1 = time.perf_counter()
     rss_ann = peak_rss_mb()
+    prune = {} if args.head_prune is None else {"head_prune": parse_head_prune(args.head_prune)}
     snn = stac.convert(ann, stac.SpikingConfig(timesteps=args.timesteps, coding=args.coding,
-                                               spiking_attention=args.spiking_attention), tokenizer=tok)
+                                               spiking_attention=args.spiking_attention, **prune), tokenizer=tok)
     t2 = time.perf_counter()
     rss_both = peak_rss_mb()
     ids = token_windows(tok, read_text("lee_background"), args.prompt_tokens, args.prompt_tokens)[0][None]
     rows = compare_speed(ann, snn, ids, new_tokens=args.new_tokens, repeats=args.repeats, rounds=args.rounds)
     rss_runs = peak_rss_mb()  # with the time-stepped engine's [in, out] weight copies made during its runs
     report = {"model": args.model, "timesteps": args.timesteps, "coding": args.coding, "rounds": args.rounds,
-              "spiking_attention": args.spiking_attention,
+              "spiking_attention": args.spiking_attention, "head_prune": snn.config.spiking_config.head_prune,
               "kernels": stac.kernels.available(),
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "threads": args.threads,
               "load_s": t1 - t0, "convert_s": t2 - t1, "peak_rss_mb_after_ann": rss_ann,
