@@ -40,23 +40,27 @@ def _split(snn, bits=5.0):
 
 
 @torch.no_grad()
-def _coarse_and_full(snn, ids=IDS, bits=5.0):
-    """The lm_head's coarse logits (first stage only) and full logits, computed here from the head's input
-    on integers: digits by stac.neurons.bitplane_digits, weights from the coding."""
+def _head_levels(snn, ids=IDS):
+    """The lm_head input's integer levels on ``ids`` and its spike train by stac.neurons.bitplane_digits,
+    with the head's step weights, unit and weights: everything to recompute the readout here."""
     head = snn.model.lm_head
     seen = []
     handle = head.encoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
-    with torch.no_grad():
-        snn(input_ids=ids)
+    snn(input_ids=ids)
     handle.remove()
-    enc = head.encoder
-    c = enc.coding
+    enc, c = head.encoder, head.encoder.coding
     levels = c.levels(c.normalise(seen[-1], enc.threshold.float()))
     digits = bitplane_digits(levels, c.timesteps, c.sparsity, c.steps_per_octave, c.coarse_octaves).float()
-    w = c.step_weights()
+    return levels, digits, c.step_weights(), c.unit(enc.threshold.float()), head.base_layer.weight
+
+
+@torch.no_grad()
+def _coarse_and_full(snn, ids=IDS, bits=5.0):
+    """The lm_head's coarse logits (first stage only) and full logits, computed here from the head's input
+    on integers."""
+    levels, digits, w, unit, weight = _head_levels(snn, ids)
     split = _split(snn, bits)
     coarse_levels = torch.tensordot(w[:split], digits[:split], dims=1)
-    weight, unit = head.base_layer.weight, c.unit(enc.threshold.float())
     return (coarse_levels * unit) @ weight.t(), (levels * unit) @ weight.t(), digits
 
 
@@ -195,17 +199,8 @@ def test_greedy_generation_with_the_cache_matches_without():
 def _staged_reference(snn, stages):
     """The logits of a readout with decisions at ``stages``, computed here from the head's input levels: each
     output adds every segment of steps while it runs and keeps its value when it stops."""
-    head = snn.model.lm_head
-    seen = []
-    handle = head.encoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
-    with torch.no_grad():
-        snn(input_ids=IDS)
-    handle.remove()
-    enc, c = head.encoder, head.encoder.coding
-    levels = c.levels(c.normalise(seen[-1], enc.threshold.float()))
-    digits = bitplane_digits(levels, c.timesteps, c.sparsity, c.steps_per_octave, c.coarse_octaves).float()
-    w, unit, weight = c.step_weights(), c.unit(enc.threshold.float()), head.base_layer.weight
-    bounds = [0] + [_split(snn, b) for b, _ in stages] + [c.steps]
+    _, digits, w, unit, weight = _head_levels(snn)
+    bounds = [0] + [_split(snn, b) for b, _ in stages] + [digits.shape[0]]
     value, running, kept = 0, None, []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         part = (torch.tensordot(w[a:b], digits[a:b], dims=1) * unit) @ weight.t()
