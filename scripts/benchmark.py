@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 import stac  # noqa: E402
 from stac.benchmark import compare_speed, peak_rss_mb  # noqa: E402
-from stac.cli import parse_head_prune  # noqa: E402
+from stac.config import parse_head_prune  # noqa: E402
 from stac.data import read_text, token_windows  # noqa: E402
 
 

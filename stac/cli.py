@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .coding import CODINGS
-from .config import DEFAULT_COARSE_OCTAVES, DEFAULT_STEPS_PER_OCTAVE, SpikingConfig
+from .config import (DEFAULT_COARSE_OCTAVES, DEFAULT_STEPS_PER_OCTAVE, SpikingConfig, format_head_prune,
+                     parse_head_prune)
 
 
 def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -28,10 +29,10 @@ def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None
                              "predicted KL per token (stac.sensitivity; docs/levers.md (l)), instead of margin x max")
     parser.add_argument("--spiking-attention", action="store_true",
                         help="spike-code the attention's queries and softmax weights too (stac.attention)")
-    default = "/".join(f"{b:g}@{m:g}" for b, m in SpikingConfig.head_prune) or "none"
     parser.add_argument("--head-prune", metavar="BITS@MARGIN[/BITS@MARGIN...]",
                         help="stop the lm_head's outputs that trail the best by MARGIN nats once BITS bits of its "
-                             f"input have arrived (stac.readout; 'none': never; default {default})")
+                             "input have arrived (stac.readout; 'none': never; default "
+                             f"{format_head_prune(SpikingConfig.head_prune)})")
     parser.add_argument("--config", metavar="SPEC",
                         help="a stac.frontier preset name or spec (coding:T:margin[:group=T,...], see "
                              "scripts/frontier.py), instead of the options above")
@@ -62,12 +63,3 @@ def spiking_config(args: argparse.Namespace) -> SpikingConfig:
                                             spiking_attention=args.spiking_attention, **given)
     return SpikingConfig(coding=args.coding, spiking_attention=args.spiking_attention, **given)
 
-
-def parse_head_prune(text: str) -> tuple[tuple[float, float], ...]:
-    """``5.4@16/6.75@10`` -> ((5.4, 16.0), (6.75, 10.0)); ``none`` -> ()."""
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        return tuple((float(b), float(m)) for b, m in (stage.split("@") for stage in text.split("/")))
-    except ValueError:
-        raise ValueError(f"--head-prune {text!r}: expected BITS@MARGIN[/BITS@MARGIN...] or 'none'") from None

@@ -7,7 +7,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-from .coding import CODINGS, make_coding
+from .coding import CODINGS, BitPlaneCoding, make_coding
 
 ENGINES = ("closed_form", "time_stepped")
 # How thresholds are set from calibration: "margin" (margin x max, optionally weighted by column norms) or
@@ -266,33 +266,45 @@ class SpikingConfig:
         return dataclasses.replace(self, **_schedule_for(self, changes))
 
 
-def _head_can_stop(config: SpikingConfig, stages) -> bool:
-    head = config.for_encoder("encoder_head")
-    return (config.spiking_head and head.coding in ("bitplane", "signed_digit")
-            and max(b for b, _ in stages) < head.timesteps)
+def format_head_prune(stages) -> str:
+    """``((5.4, 16.0), (6.75, 10.0))`` -> ``5.4@16/6.75@10`` (specs, names, command lines); () -> ``none``."""
+    return "/".join(f"{b:g}@{m:g}" for b, m in stages) or "none"
+
+
+def parse_head_prune(text: str) -> tuple[tuple[float, float], ...]:
+    """``5.4@16/6.75@10`` -> ((5.4, 16.0), (6.75, 10.0)); ``none`` -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple((float(b), float(m)) for b, m in (stage.split("@") for stage in text.split("/")))
+    except ValueError:
+        raise ValueError(f"head_prune {text!r}: expected BITS@MARGIN[/BITS@MARGIN...] or 'none'") from None
 
 
 def _prune_stages(config: SpikingConfig) -> tuple[tuple[float, float], ...]:
-    """``config.head_prune`` checked and as a tuple of (bits, margin) float pairs."""
+    """``config.head_prune`` checked and as a tuple of (bits, margin) float pairs; the default reads as ()
+    where the lm_head cannot stop early."""
     stages = config.head_prune
     if not isinstance(stages, (list, tuple)) or not all(isinstance(st, (list, tuple)) and len(st) == 2 for st in stages):
         raise TypeError(f"SpikingConfig.head_prune must be a list of (bits, margin) pairs, got {stages!r}")
     if not stages:
         return ()
-    if tuple(tuple(st) for st in stages) == DEFAULT_HEAD_PRUNE and not _head_can_stop(config, DEFAULT_HEAD_PRUNE):
-        return ()  # the default, where it does not apply
     for value in (v for stage in stages for v in stage):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"SpikingConfig.head_prune: bits and margins must be numbers, got {value!r}")
         if not 0 < value < float("inf"):
             raise ValueError(f"SpikingConfig.head_prune: bits and margins must be positive and finite, got {value!r}")
+    head = config.for_encoder("encoder_head")
+    most_significant_first = issubclass(CODINGS[head.coding], BitPlaneCoding)
+    bits = [float(b) for b, _ in stages]
+    if tuple(tuple(st) for st in stages) == DEFAULT_HEAD_PRUNE and not (
+            config.spiking_head and most_significant_first and bits[-1] < head.timesteps):
+        return ()  # the default, where it does not apply
     if not config.spiking_head:
         raise ValueError("head_prune needs spiking_head=True: only a spiking lm_head can stop outputs early")
-    head = config.for_encoder("encoder_head")
-    if head.coding not in ("bitplane", "signed_digit"):
+    if not most_significant_first:
         raise ValueError(f"head_prune needs the lm_head's input coded most significant step first (bitplane or "
                          f"signed_digit), not {head.coding!r}")
-    bits = [float(b) for b, _ in stages]
     if not (1 <= bits[0] and bits[-1] < head.timesteps and all(a < b for a, b in zip(bits, bits[1:]))):
         raise ValueError(f"head_prune: bits must rise through [1, T) for the lm_head input's T = {head.timesteps}, "
                          f"got {bits}")

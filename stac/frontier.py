@@ -24,7 +24,7 @@ import torch
 from .architectures import ARCHITECTURES, architecture_for
 from .attention import PROBABILITY_ENCODER, QUERY_ENCODER
 from .calibration import channel_max
-from .config import SpikingConfig
+from .config import SpikingConfig, format_head_prune, parse_head_prune
 from .convert import convert
 from .data import read_text
 from .energy import EnergyMeter, EnergyReport, energy_model_for, measure_decode_step
@@ -64,7 +64,7 @@ def config_name(config: SpikingConfig) -> str:
     if config.steps_per_octave != 1:
         name += f"+oct{config.steps_per_octave}" + (f"top{config.coarse_octaves}" if config.coarse_octaves else "")
     if config.head_prune:
-        name += "+prune" + "/".join(f"{b:g}@{m:g}" for b, m in config.head_prune)
+        name += "+prune" + format_head_prune(config.head_prune)
     return name + (f"+w{config.threshold_weighting:g}" if config.threshold_weighting else "")
 
 
@@ -223,7 +223,7 @@ def parse_config(spec: str) -> SpikingConfig:
             elif group == "top":
                 top = int(t)
             elif group == "prune":
-                prune = tuple(tuple(float(v) for v in stage.split("@")) for stage in t.split("/"))
+                prune = parse_head_prune(t)
             else:
                 setting = next((k for k in _SPEC_SETTINGS if _group_setting(group, k)), None)
                 if setting is None:
@@ -280,7 +280,7 @@ def config_spec(config: SpikingConfig) -> str:
     if config.coarse_octaves:
         groups.append(f"top={config.coarse_octaves}")
     if config.head_prune:
-        groups.append("prune=" + "/".join(f"{b:g}@{m:g}" for b, m in config.head_prune))
+        groups.append("prune=" + format_head_prune(config.head_prune))
     spec = f"{config.coding}:{config.timesteps}:{config.threshold_margin:g}"
     return spec + (":" + ",".join(groups) if groups else "")
 

@@ -5,34 +5,17 @@ accumulator steps per token (M) with every step, with active steps only, and the
 
 Usage: python docs/experiments/active_steps.py
 """
-import os, torch, stac
-from stac.architectures import architecture_for, blocks_of, encoder_name, group_consumers, head_encoder_name, synapse_weights
-from stac.calibration import default_calibration
+import torch
+from _setup import collect, default_pair
 from stac.data import read_text, token_windows
-from stac.frontier import calibrate, convert_calibrated
 from stac.neurons import bitplane_digits
 torch.set_num_threads(2)
-ann, tok = stac.load_base("embedded")
-arch = architecture_for(ann.config.model_type)
-stats = calibrate(ann, default_calibration(tok))
-snn = convert_calibrated(ann, stac.SpikingConfig(), stats)
-enc_by_key = {name.removeprefix("model."): enc for name, enc in snn.encoders.items()}
-fan = {enc: sum(w.shape[0] for w in ws) for enc, ws in synapse_weights(snn).items()}
-acts, handles = {}, []
-def pre(key):
-    def hook(module, args):
-        acts.setdefault(key, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
-    return hook
-for i, block in enumerate(blocks_of(ann, arch)):
-    for group in arch.groups:
-        handles.append(group_consumers(block, group)[0].register_forward_pre_hook(pre(encoder_name(arch, i, group))))
-handles.append(group_consumers(ann, arch.head)[0].register_forward_pre_hook(pre(head_encoder_name(arch))))
-ids = token_windows(tok, read_text("lee_background"), 512, 512)[0]
-with torch.no_grad(): ann(input_ids=ids.reshape(1,-1), use_cache=False)
+ann, tok, arch, snn, enc_by_key, fan = default_pair()
+acts, _ = collect(ann, arch, token_windows(tok, read_text("lee_background"), 512, 512)[:1])
 tot = dict(full=0., active=0., first=0., spikes_syn=0.)
 grp = {}
 for k, xs in acts.items():
-    x = torch.cat(xs)[256:]  # positions after 256 of context
+    x = xs[256:]  # positions after 256 of context
     enc = enc_by_key[k]; c = enc.coding
     unit = c.unit(enc.threshold.float())
     L = (x / unit).clamp(-c.max_level, c.max_level).round()

@@ -16,7 +16,8 @@ import os
 import torch
 
 import stac
-from stac.architectures import architecture_for, blocks_of, encoder_name, group_consumers, head_encoder_name
+from _setup import collect
+from stac.architectures import architecture_for
 from stac.architectures import synapse_weights
 from stac.calibration import default_calibration
 from stac.coding import make_coding
@@ -35,30 +36,6 @@ enc_by_key = {name.removeprefix("model."): enc for name, enc in snn.encoders.ite
 fan = {enc: sum(w.shape[0] for w in ws) for enc, ws in synapse_weights(snn).items()}
 
 
-def collect(sequences, limit):
-    acts, handles = {}, []
-
-    def pre(key):
-        def hook(module, args):
-            acts.setdefault(key, []).append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
-        return hook
-
-    for i, block in enumerate(blocks_of(ann, arch)):
-        for group in arch.groups:
-            handles.append(group_consumers(block, group)[0].register_forward_pre_hook(pre(encoder_name(arch, i, group))))
-    handles.append(group_consumers(ann, arch.head)[0].register_forward_pre_hook(pre(head_encoder_name(arch))))
-    n = 0
-    with torch.no_grad():
-        for ids in sequences:
-            ann(input_ids=ids.reshape(1, -1), use_cache=False)
-            n += ids.numel()
-            if limit and n >= limit:
-                break
-    for h in handles:
-        h.remove()
-    return {k: torch.cat(v) for k, v in acts.items()}, n
-
-
 def levels(enc, x):
     unit = enc.coding.unit(enc.threshold.float())
     return (x / unit).clamp(-enc.coding.max_level, enc.coding.max_level).round()
@@ -68,14 +45,14 @@ def levels(enc, x):
 mean_levels = {}
 count = 0
 for ids in calib:
-    acts, n = collect([ids], None)
+    acts, n = collect(ann, arch, [ids], None)
     for k, x in acts.items():
         mean_levels[k] = mean_levels.get(k, 0) + levels(enc_by_key[k], x).sum(0)
     count += n
 mean_levels = {k: (v / count).round() for k, v in mean_levels.items()}
 
 evals = token_windows(tok, read_text("lee_background"), NEVAL, 512)
-acts, _ = collect(evals, None)
+acts, _ = collect(ann, arch, evals, None)
 tot = {"absolute": 0.0, "centred": 0.0, "delta": 0.0, "best_abs_centred": 0.0}
 by_group = {}
 for k, x in acts.items():
