@@ -175,6 +175,58 @@ int64_t stac_spike_synapse(const float *train, int64_t steps, int64_t n, int64_t
     free(count);
     return total;
 }
+
+/* Selected outputs of a linear layer, for the early-stopping lm_head (stac.readout): y[p, k] = sum_j x[p, j]
+   * w[rows[k], j] for p < P, k < K, with w [out, in] row-major. Each named row of w is read in place, once for
+   all P positions (a gather would copy it first). The sum runs in 16 lanes (two AVX2 registers of fused
+   multiply-adds, or 16 plain accumulators), added up in a fixed order, then the tail. */
+#ifdef STAC_AVX2
+__attribute__((target("avx2,fma")))
+static float stac_dot_avx2(const float *a, const float *b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), s1);
+    }
+    float lane[16];
+    _mm256_storeu_ps(lane, s0); _mm256_storeu_ps(lane + 8, s1);
+    float s = 0.0f;
+    for (int q = 0; q < 16; ++q) s += lane[q];
+    for (; j < n; ++j) s += a[j] * b[j];
+    return s;
+}
+#endif
+
+static float stac_dot_plain(const float *a, const float *b, int64_t n) {
+    float lane[16] = {0};
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int q = 0; q < 16; ++q) lane[q] += a[j + q] * b[j + q];
+    float s = 0.0f;
+    for (int q = 0; q < 16; ++q) s += lane[q];
+    for (; j < n; ++j) s += a[j] * b[j];
+    return s;
+}
+
+void stac_rows_linear(const float *x, int64_t P, int64_t in, const float *w, const int64_t *rows, int64_t K,
+                      float *y) {
+    int avx2 = 0;
+#ifdef STAC_AVX2
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    #pragma omp parallel for schedule(static) if (K * P * in > 65536)
+    for (int64_t k = 0; k < K; ++k) {
+        const float *row = w + rows[k] * in;
+        for (int64_t p = 0; p < P; ++p) {
+#ifdef STAC_AVX2
+            if (avx2) { y[p * K + k] = stac_dot_avx2(x + p * in, row, in); continue; }
+#endif
+            y[p * K + k] = stac_dot_plain(x + p * in, row, in);
+        }
+    }
+    (void)avx2;
+}
 """
 
 _FLAGS = ["-O2", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math"]
@@ -226,6 +278,8 @@ def _build() -> ctypes.CDLL:
     lib.stac_bitplane_spike_count.restype = None
     lib.stac_spike_synapse.argtypes = [fp, i64, i64, i64, fp, fp, fp, i64, fp]
     lib.stac_spike_synapse.restype = i64
+    lib.stac_rows_linear.argtypes = [fp, i64, i64, fp, fp, i64, fp]
+    lib.stac_rows_linear.restype = None
     return lib
 
 
@@ -337,4 +391,24 @@ def spike_synapse(train: torch.Tensor, unit: torch.Tensor, step_weights: torch.T
                                           step_weights.data_ptr(), weight_t.data_ptr(), outputs, y.data_ptr())
     if events < 0:
         raise MemoryError(f"spike_synapse: no memory for the events of {tokens} tokens x {steps} steps")
+    return y
+
+
+def rows_linear(x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight[rows])`` without copying the rows: x [..., in], weight [out, in] float32,
+    ``rows`` [K] int64 indices into its outputs. Returns [..., K] (the same sums, added in another order)."""
+    x = x.contiguous()
+    weight = weight.contiguous()
+    rows = rows.to(torch.int64).contiguous()
+    _check_cpu(x, weight, rows)
+    inputs = weight.shape[1]
+    if weight.dtype is not torch.float32 or x.dtype is not torch.float32 or weight.dim() != 2 or x.shape[-1] != inputs:
+        raise ValueError(f"rows_linear: x [..., {inputs}] and float32 weight [out, {inputs}] expected, "
+                         f"got {x.dtype} {tuple(x.shape)} and {weight.dtype} {tuple(weight.shape)}")
+    if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < weight.shape[0]:
+        raise IndexError(f"rows_linear: row indices must lie in [0, {weight.shape[0]})")
+    positions = x.numel() // max(inputs, 1)
+    y = torch.empty((*x.shape[:-1], rows.numel()), dtype=torch.float32)
+    _loaded().stac_rows_linear(x.data_ptr(), positions, inputs, weight.data_ptr(), rows.data_ptr(), rows.numel(),
+                               y.data_ptr())
     return y

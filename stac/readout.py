@@ -13,6 +13,11 @@ segments of steps between decisions:
                   through the synapses of the outputs still running
     time-stepped  the same, with each segment's spikes instead of its levels
 
+At decode sizes (up to 16 positions) the closed form runs each segment through the compiled row kernel
+(``stac.kernels.rows_linear``), which reads only the rows of the outputs still running, in place; a gather
+of those rows would copy them first. On the reference CPU it also beats torch's matmul for the whole
+49,152 x 576 head (4 ms against 11 ms per token, docs/benchmark.md).
+
 What each decision kept is recorded per position (``last_kept``, counts) for the energy meter to read.
 """
 
@@ -22,12 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import applies as _kernel_applies
+from .kernels import rows_linear as _kernel_rows_linear
 from .kernels import spike_synapse as _kernel_spike_synapse
-from .layers import SYNAPSES, SpikeCode, SpikeEncoder, SpikingLinear, _parameter_dtype
+from .layers import SYNAPSES, SpikeCode, SpikeEncoder, SpikingLinear, _parameter_dtype, _weights_serve_events
 
-# Above this share of the outputs kept somewhere in a batch, the fine stage runs over all of them (a
-# gather of most of the weights costs more than it saves).
+# Without the row kernel: above this share of the outputs kept somewhere in a batch, the fine stage runs
+# over all of them (a copy of most of the weights costs more than it saves).
 _GATHER_SHARE = 0.25
+# The row kernel (stac.kernels.rows_linear) serves the closed form up to this many positions per call
+# (decode steps, short prompts): it reads each kept row once per call, where a matmul reuses it better.
+_ROW_KERNEL_POSITIONS = 16
 
 
 class SpikingReadout(SpikingLinear):
@@ -64,8 +74,10 @@ class SpikingReadout(SpikingLinear):
                 segment, done = ((upto - done) * code.unit).to(dtype), upto
             else:
                 segment = SpikeCode(code.coding, code.unit, code.step_weights[start:end], train=code.train[start:end])
-            if value is None:
-                value = base(segment) if code.train is None else self._bias(self.train_sum(segment, base), base)
+            if value is None and code.train is None:
+                value = self._bias(self._rows(segment, weight, None), base) if self._row_kernel(segment, base) else base(segment)
+            elif value is None:
+                value = self._bias(self.train_sum(segment, base), base)
             else:
                 value = self._add_kept(value, keep, base, weight, segment)
             if i < len(self.stages):
@@ -87,7 +99,8 @@ class SpikingReadout(SpikingLinear):
         columns = None
         if not torch.compiler.is_compiling() and weight.device.type != "meta":  # no data-dependent shapes there
             columns = keep.reshape(-1, outputs).any(0).nonzero().squeeze(1)
-            if columns.numel() > _GATHER_SHARE * outputs:
+            by_rows = not isinstance(segment, SpikeCode) and self._row_kernel(segment, base)
+            if columns.numel() > (1.0 if by_rows else _GATHER_SHARE) * outputs:
                 columns = None
         if columns is None:
             return value + self._through(segment, base, weight, None) * keep
@@ -99,13 +112,31 @@ class SpikingReadout(SpikingLinear):
         """A segment (closed form: its decoded input; time-stepped: its spikes) through the synapses of
         ``columns`` (every output if None), without bias."""
         if not isinstance(segment, SpikeCode):
-            return F.linear(segment, weight if columns is None else weight[columns])
+            if self._row_kernel(segment, base):
+                return self._rows(segment, weight, columns)
+            return F.linear(segment, weight if columns is None else weight.index_select(0, columns))
         if columns is None:
             return self.train_sum(segment, base)
         if self._event_driven(base, segment.train):
             return _kernel_spike_synapse(segment.train, segment.unit, segment.step_weights,
-                                         self._synapse_rows(base)[:, columns])
-        return segment.sum_steps(F.linear(segment.scaled(_parameter_dtype(base)), weight[columns]))
+                                         self._synapse_rows(base).index_select(1, columns))
+        return segment.sum_steps(F.linear(segment.scaled(_parameter_dtype(base)), weight.index_select(0, columns)))
+
+    @staticmethod
+    def _row_kernel(segment: torch.Tensor, base: nn.Module) -> bool:
+        """Whether the closed form's ``segment`` goes through the compiled row kernel: a few positions, the
+        float32 CPU weights of an nn.Linear ([out, in] as stored) that nothing hooks (the kernel reads them)."""
+        return (type(base) is nn.Linear and _kernel_applies(segment)
+                and segment.numel() <= _ROW_KERNEL_POSITIONS * segment.shape[-1] and _weights_serve_events(base))
+
+    def _rows(self, segment: torch.Tensor, weight: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        """The row kernel over ``columns`` (every output if None; the index kept while the size is the same)."""
+        if columns is None:
+            every = self.__dict__.get("_every_row")
+            if every is None or every.numel() != weight.shape[0]:
+                every = self.__dict__["_every_row"] = torch.arange(weight.shape[0])
+            columns = every
+        return _kernel_rows_linear(segment, weight, columns)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, stages={self.stages}, steps_before_decisions={self.splits}"

@@ -49,6 +49,31 @@ def test_closed_form_kernel_propagates_nan_like_torch():
     assert torch.equal(levels[1], torch.tensor([1023.0, -1023.0]))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=2), st.integers(1, 70), st.integers(1, 90),
+       st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
+def test_rows_linear_equals_the_linear_of_the_selected_rows(token_shape, inputs, outputs, share, seed):
+    """Any subset of rows (none, some, all, in any order), inputs of any width (16-lane blocks and a tail)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*token_shape, inputs, generator=g)
+    weight = torch.randn(outputs, inputs, generator=g)
+    rows = torch.randperm(outputs, generator=g)[: round(share * outputs)]
+    got = kernels.rows_linear(x, weight, rows)
+    assert got.shape == (*token_shape, rows.numel())
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, weight[rows]), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_linear_rejects_bad_rows_and_weights():
+    with pytest.raises(IndexError, match="row indices"):
+        kernels.rows_linear(torch.zeros(1, 4), torch.zeros(3, 4), torch.tensor([3]))
+    with pytest.raises(IndexError, match="row indices"):
+        kernels.rows_linear(torch.zeros(1, 4), torch.zeros(3, 4), torch.tensor([-1]))
+    with pytest.raises(ValueError, match="float32 weight"):
+        kernels.rows_linear(torch.zeros(1, 4), torch.zeros(3, 5), torch.tensor([0]))
+    with pytest.raises(ValueError, match="float32 weight"):
+        kernels.rows_linear(torch.zeros(1, 4, dtype=torch.float64), torch.zeros(3, 4), torch.tensor([0]))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 14), st.sampled_from([1.0, 0.75]), st.lists(finite, min_size=1, max_size=64))
 def test_neuron_kernel_equals_the_torchscript_loop_spike_for_spike(timesteps, sparsity, values):

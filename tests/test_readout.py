@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import stac
+from stac import kernels, readout
 from stac.energy import EnergyMeter
 from stac.layers import SpikingLinear
 from stac.neurons import bitplane_digits
@@ -105,6 +106,26 @@ def test_the_two_engines_agree_when_outputs_stop(kind):
         b = pruned(input_ids=IDS).logits
     assert torch.equal(pruned.model.lm_head.last_kept[0], kept_a)
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no compiled kernels")
+def test_the_row_kernel_computes_what_the_matmul_of_the_kept_rows_does(kind, monkeypatch):
+    """Closed form at decode sizes reads the kept rows in place (stac.kernels.rows_linear); above the size
+    limit it multiplies the gathered rows: same outputs kept, same logits up to float order."""
+    full, _ = _pair(kind)
+    coarse, _, _ = _coarse_and_full(full)
+    _, pruned = _pair(kind, margin=_margin_near(coarse, 0.5))
+    calls = []
+    monkeypatch.setattr(readout, "_kernel_rows_linear", lambda *a: calls.append(1) or kernels.rows_linear(*a))
+    with torch.no_grad():
+        a = pruned(input_ids=IDS).logits
+        kept_a = pruned.model.lm_head.last_kept[0].clone()
+        assert len(calls) == 2  # the first segment through every output, the second through the kept ones
+        monkeypatch.setattr(readout, "_ROW_KERNEL_POSITIONS", 0)
+        b = pruned(input_ids=IDS).logits
+    assert len(calls) == 2
+    assert torch.equal(pruned.model.lm_head.last_kept[0], kept_a)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_a_margin_above_twice_the_remaining_contribution_keeps_the_argmax(kind):
