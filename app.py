@@ -251,8 +251,9 @@ def build_demo(loader: ModelLoader, settings: AppSettings) -> gr.Blocks:
             "# STAC: a chat model and its spiking twin\n"
             "The same message goes to the original network (ANN) and to its spiking conversion (SNN). "
             "Each keeps its own conversation. Inside every decoder block the SNN's weight matmuls are "
-            "driven by spikes, and so is the output layer (LM head); embeddings, norms and attention "
-            "(QK^T, softmax, AV) stay in float.")
+            "driven by spikes, and so is the output layer (LM head). In the default conversion the "
+            "attention's queries and softmax weights spike too, into QK^T and AV, whose keys and values are "
+            "float synapses; embeddings, norms and the softmax itself stay in float.")
         session = gr.State(None)
         with gr.Row():
             with gr.Column(scale=3):

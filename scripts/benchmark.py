@@ -29,8 +29,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="embedded")
     p.add_argument("--timesteps", type=int, default=stac.SpikingConfig.timesteps)
     p.add_argument("--coding", default=stac.SpikingConfig.coding, choices=sorted(stac.CODINGS))
-    p.add_argument("--spiking-attention", action="store_true",
-                   help="spike-code the attention's queries and softmax weights too (stac.attention)")
+    p.add_argument("--spiking-attention", action=argparse.BooleanOptionalAction,
+                   default=stac.SpikingConfig.spiking_attention,
+                   help="spike-code the attention's queries and softmax weights (stac.attention; the default), or "
+                        "with --no-spiking-attention keep QK^T and AV dense")
     p.add_argument("--head-prune", metavar="BITS@MARGIN[/...]",
                    help="the lm_head's early stop (stac.readout; 'none': a full readout; default: the package's)")
     p.add_argument("--prompt-tokens", type=int, default=256)

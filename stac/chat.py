@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 from transformers import DynamicCache
 
+from .attention import PROBABILITY_ENCODER
 from .config import SpikingConfig
 from .configuration_stac import StacFormatError
 from .convert import convert
@@ -233,7 +234,7 @@ class SpikeObserver:
         self.count = count  # off where stac.energy's meter already counts (spike counting is not free)
         self.raster_encoder = raster_encoder or _middle_encoder(self.encoders)
         self.spikes = {name: 0 for name in self.encoders}
-        self.tokens = {name: 0 for name in self.encoders}
+        self.tokens = {name: 0 for name in self.encoders}  # inputs seen (per encoder_p: scores)
         self.last_input: torch.Tensor | None = None
         self._last_code: dict[str, object] = {}
         self._handles: list = []
@@ -275,7 +276,8 @@ class SpikeObserver:
                                        self.spikes[name] / steps if steps else 0.0))
             spikes += self.spikes[name]
             neuron_steps += steps
-            tokens = max(tokens, self.tokens[name])
+            if not name.endswith(PROBABILITY_ENCODER):  # one neuron per score there, not per channel and token
+                tokens = max(tokens, self.tokens[name])
         return spikes / max(tokens, 1), spikes / max(neuron_steps, 1), per_layer
 
     def raster(self, k: int = RASTER_NEURONS) -> SpikeRaster | None:

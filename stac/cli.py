@@ -27,8 +27,9 @@ def add_spiking_options(parser: argparse.ArgumentParser, note: str = "") -> None
     parser.add_argument("--kl-budget", type=float,
                         help="set every channel's threshold from the ANN's measured sensitivity, for this "
                              "predicted KL per token (stac.sensitivity; docs/levers.md (l)), instead of margin x max")
-    parser.add_argument("--spiking-attention", action="store_true",
-                        help="spike-code the attention's queries and softmax weights too (stac.attention)")
+    parser.add_argument("--spiking-attention", action=argparse.BooleanOptionalAction, default=None,
+                        help="spike-code the attention's queries and softmax weights (stac.attention; the default), "
+                             "or with --no-spiking-attention keep QK^T and AV dense float matmuls")
     parser.add_argument("--head-prune", metavar="BITS@MARGIN[/BITS@MARGIN...]",
                         help="stop the lm_head's outputs that trail the best by MARGIN nats once BITS bits of its "
                              "input have arrived (stac.readout; 'none': never; default "
@@ -45,7 +46,7 @@ def spiking_config(args: argparse.Namespace) -> SpikingConfig:
         others = [f"--{k}" for k, v in (("timesteps", args.timesteps), ("margin", args.margin),
                                         ("steps-per-octave", args.steps_per_octave), ("kl-budget", args.kl_budget),
                                         ("head-prune", args.head_prune)) if v is not None]
-        others += ["--spiking-attention"] * args.spiking_attention
+        others += ["--[no-]spiking-attention"] * (args.spiking_attention is not None)
         others += ["--coding"] * (args.coding != SpikingConfig.coding)
         if others:
             raise ValueError(f"--config gives the whole spiking config; drop {', '.join(others)}")
@@ -58,8 +59,9 @@ def spiking_config(args: argparse.Namespace) -> SpikingConfig:
                                ("steps_per_octave", args.steps_per_octave)) if v is not None}
     if args.head_prune is not None:
         given["head_prune"] = parse_head_prune(args.head_prune)
+    if args.spiking_attention is not None:
+        given["spiking_attention"] = args.spiking_attention
     if args.kl_budget is not None:
-        return SpikingConfig.by_sensitivity(args.kl_budget, coding=args.coding,
-                                            spiking_attention=args.spiking_attention, **given)
-    return SpikingConfig(coding=args.coding, spiking_attention=args.spiking_attention, **given)
+        return SpikingConfig.by_sensitivity(args.kl_budget, coding=args.coding, **given)
+    return SpikingConfig(coding=args.coding, **given)
 

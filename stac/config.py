@@ -32,12 +32,14 @@ DEFAULT_LAYER_OVERRIDES = (
     # The lm_head's input: a 1.6x wider margin (8 at the default 5) fires 9% fewer spikes there with no
     # more output error than margin 5 (docs/levers.md (j)).
     ("encoder_head", {"threshold_margin_factor": 1.6}),
-    # With spiking_attention: the softmax weights' neurons drive head_dim + 1 synapses each, too few for
-    # denser spike weights to pay for their steps (docs/levers.md (m)): one step per octave there. The
-    # queries' neurons drive context-length synapses, but every step costs a Horner step per head and
+    # Spiking attention (in the default): the softmax weights' neurons drive head_dim + 1 synapses each, too
+    # few for denser spike weights to pay for their steps (docs/levers.md (m)): one step per octave there.
+    # The queries' neurons drive context-length synapses, but every step costs a Horner step per head and
     # position of the scores: one step per octave there too (2.86x against 2.79x at a 256-token context).
-    ("*.encoder_q", {"steps_per_octave": 1}),
-    ("*.encoder_p", {"steps_per_octave": 1}),
+    # Both run 2 more steps than the base T (12 at the default 10): at T = 10 top-1 fell to 96.6%, at
+    # T = 12 it stays at 97.3% (docs/levers.md (h)).
+    ("*.encoder_q", {"steps_per_octave": 1, "timestep_offset": 2}),
+    ("*.encoder_p", {"steps_per_octave": 1, "timestep_offset": 2}),
 )
 
 # Steps per octave of a coding's spike weights when the config does not say: signed_digit runs 8 below
@@ -46,8 +48,9 @@ DEFAULT_LAYER_OVERRIDES = (
 DEFAULT_STEPS_PER_OCTAVE = {"signed_digit": 8}
 DEFAULT_COARSE_OCTAVES = 4
 
-# The lm_head's early-stopping decisions by default (stac.readout): 10 nats behind after 6.5 bits.
-DEFAULT_HEAD_PRUNE = ((6.5, 10.0),)
+# The lm_head's early-stopping decisions by default (stac.readout): 16 nats behind after 5.4 bits, then 10
+# nats behind after 6.75 bits (docs/levers.md (n)).
+DEFAULT_HEAD_PRUNE = ((5.4, 16.0), (6.75, 10.0))
 
 # What stays in floating point in a converted model (written into the saved config so that a reader of the
 # checkpoint knows exactly which operations are spike-driven and which are not).
@@ -104,10 +107,11 @@ class SpikingConfig:
     # default 0.5 with margin 5 was measured to keep top-1 at margin 4's level with fewer spikes. Older
     # checkpoints lack the key; from_dict reads it as 0.
     threshold_weighting: float = 0.5
-    # The attention's own matmuls driven by spikes too: queries (after RoPE) spike into QK^T, attention
-    # probabilities into AV (stac.attention; docs/levers.md (h)). Older checkpoints lack the key; from_dict
-    # reads it as False.
-    spiking_attention: bool = False
+    # The attention's own matmuls driven by spikes too: queries (after RoPE) spike into QK^T, the softmax's
+    # numerators into AV (stac.attention; docs/levers.md (h)). In the default since it reached 3x at the bar
+    # (docs/results.md); False keeps QK^T and AV as dense float matmuls. Older checkpoints lack the key;
+    # from_dict reads it as False, what they ran.
+    spiking_attention: bool = True
     # "margin": thresholds as above. "sensitivity": every channel's step from the diagonal Fisher
     # information of the ANN's output (stac.sensitivity), the fewest synaptic ops for a predicted KL of
     # kl_budget per position; threshold_margin (with its overrides) is then the floor, in multiples of the
@@ -116,8 +120,9 @@ class SpikingConfig:
     # order. Once every spike of weight at least 2^(T - bits) has reached them (the logits then carry about
     # that many bits of the input), the outputs more than margin (nats) below the best one still running
     # keep their value and receive no later spikes. The argmax is kept in practice; the tail logits are
-    # coarser. The default, 10 nats after 6.5 bits, was measured at 2.87x against 2.66x without, top-1
-    # unchanged, KL 0.0017 -> 0.0029 (docs/levers.md (n)). (): every output receives every spike. Older
+    # coarser. One decision, 10 nats after 6.5 bits, was measured at 2.87x against 2.66x without, top-1
+    # unchanged, KL 0.0017 -> 0.0029; the default's two (16 nats after 5.4 bits, then 10 after 6.75) at
+    # 2.90x, KL 0.0026 (docs/levers.md (n)). (): every output receives every spike. Older
     # checkpoints lack the key; from_dict reads it as ().
     # Where the lm_head cannot stop early (a float lm_head, rate coding, T <= 6.5), the default reads as ().
     head_prune: tuple[tuple[float, float], ...] = DEFAULT_HEAD_PRUNE
@@ -256,10 +261,11 @@ class SpikingConfig:
         """Thresholds from the output's measured sensitivity for a predicted KL of ``kl_budget`` per
         position, shaped as measured in docs/levers.md (l): T=12 for every encoder (it only sets the
         range: the steps come from the budget), thresholds never below 2x the calibration maximum, and no
-        per-group overrides (the rule allocates per channel)."""
+        per-group overrides (the rule allocates per channel), float attention unless ``changes`` ask for it."""
         return cls(threshold_rule="sensitivity", kl_budget=kl_budget, timesteps=timesteps,
                    threshold_margin=threshold_margin,
-                   **{"layer_overrides": (), "threshold_weighting": 0.0, **changes})  # weighting: not used
+                   **{"layer_overrides": (), "threshold_weighting": 0.0,  # weighting: not used
+                      "spiking_attention": False, **changes})
 
     def replace(self, **changes) -> "SpikingConfig":
         """A copy with ``changes``; a new coding without steps_per_octave gets that coding's default."""

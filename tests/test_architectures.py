@@ -22,7 +22,8 @@ def test_every_block_matmul_is_spiking_and_nothing_else(kind):
         leftover = [n for n, m in block.named_modules()
                     if isinstance(m, nn.Linear) and not n.endswith("base_layer")]
         assert leftover == []
-    assert len(snn.encoders) == len(arch.groups) * len(blocks) + 1  # + the lm_head's encoder
+    # + the lm_head's encoder, + each attention's query and softmax-weight encoders (spiking_attention, the default)
+    assert len(snn.encoders) == len(arch.groups) * len(blocks) + 1 + 2 * len(blocks)
     assert isinstance(snn.model.lm_head, SpikingLinear)
     assert snn.model.lm_head.encoder is snn.encoders["model.encoder_head"]
 

@@ -39,7 +39,8 @@ def test_every_attention_gets_a_query_and_a_probability_encoder_and_the_register
         assert attention.get_submodule(PROBABILITY_ENCODER).channels == 1
         assert torch.equal(attention.get_submodule(PROBABILITY_ENCODER).threshold, torch.ones(1))
         assert attention.config._attn_implementation == ATTENTION_NAME
-    assert len(snn.encoders) == len(stac.convert(tiny_ann(kind), calibration=tiny_calibration()).encoders) + 2 * config.num_hidden_layers
+    float_attention = stac.SpikingConfig(spiking_attention=False)
+    assert len(snn.encoders) == len(stac.convert(tiny_ann(kind), float_attention, calibration=tiny_calibration()).encoders) + 2 * config.num_hidden_layers
     assert "attention scores QK^T, softmax and the attention-weighted sum AV" not in snn.config.spiking["float_operations"]
 
 
@@ -225,7 +226,7 @@ def test_an_export_keeps_the_spiking_attention(tmp_path, suffix):
     from stac import export
 
     snn = stac.convert(tiny_ann("llama"), ATTN, calibration=tiny_calibration())
-    float_attention = stac.convert(tiny_ann("llama"), calibration=tiny_calibration())
+    float_attention = stac.convert(tiny_ann("llama"), stac.SpikingConfig(spiking_attention=False), calibration=tiny_calibration())
     path = export.export(snn, tmp_path / f"m{suffix}")
     ids = _ids(12)
     with torch.no_grad():

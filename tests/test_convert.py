@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import stac
+from stac.attention import PROBABILITY_ENCODER, QUERY_ENCODER
 from tests.conftest import VOCAB, tiny_ann, tiny_calibration
 
 
@@ -49,6 +50,9 @@ def test_thresholds_are_margin_times_calibrated_channel_max(kind):
     snn4 = stac.convert(ann, stac.SpikingConfig(threshold_margin=4.0, threshold_weighting=0.0), calibration=cal)
     for name, enc in snn2.encoders.items():
         assert (enc.threshold > 0).all()
+        if name.endswith(PROBABILITY_ENCODER):  # the softmax weights' threshold is 1 whatever the margin
+            assert torch.equal(enc.threshold, torch.ones(1)) and torch.equal(snn4.encoders[name].threshold, torch.ones(1))
+            continue
         torch.testing.assert_close(snn4.encoders[name].threshold, enc.threshold * 2)
 
 
@@ -63,10 +67,12 @@ def test_convert_needs_calibration_or_a_tokenizer():
 
 def test_layer_overrides_reach_the_encoders_and_survive_save_and_load(kind, tmp_path):
     ann = tiny_ann(kind)
-    cfg = stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0,
+    # float attention: the softmax weights' encoder has no margin to override (threshold 1)
+    cfg = stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0, spiking_attention=False,
                              layer_overrides=[("*.1.*", {"timesteps": 10, "threshold_margin": 2.0})])
     plain = stac.convert(ann, stac.SpikingConfig(timesteps=8, threshold_margin=4.0, threshold_weighting=0.0,
-                                                 layer_overrides=()), calibration=tiny_calibration())
+                                                 spiking_attention=False, layer_overrides=()),
+                         calibration=tiny_calibration())
     snn = stac.convert(ann, cfg, calibration=tiny_calibration())
     for name, enc in snn.encoders.items():
         second_block = ".1." in name
@@ -108,6 +114,9 @@ def test_a_denser_step_schedule_gives_the_same_outputs_with_fewer_spikes(kind, t
     assert torch.equal(dense_logits, plain_logits)  # the same levels reach the same synapses
     assert dense_report.spikes < 0.9 * plain_report.spikes
     for name, enc in dense.encoders.items():
+        if name.endswith((QUERY_ENCODER, PROBABILITY_ENCODER)):  # the default keeps one step per octave there
+            assert enc.coding.steps == plain.encoders[name].coding.steps == enc.coding.timesteps
+            continue
         assert enc.coding.steps > plain.encoders[name].coding.steps == enc.coding.timesteps
     dense.save_pretrained(tmp_path / "dense")
     again = stac.StacForCausalLM.from_pretrained(tmp_path / "dense")

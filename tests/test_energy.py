@@ -76,7 +76,9 @@ def hand_spike_counts(snn, ids):
 @pytest.mark.parametrize("octave", [1, 3])
 def test_spikes_and_synaptic_ops_equal_the_hand_count_exactly(kind, engine, octave):
     ann = tiny_ann(kind)
-    snn = stac.convert(ann, stac.SpikingConfig(engine=engine, steps_per_octave=octave), calibration=tiny_calibration())
+    # the block and head encoders (the attention's own: tests/test_attention.py)
+    snn = stac.convert(ann, stac.SpikingConfig(engine=engine, steps_per_octave=octave, spiking_attention=False),
+                       calibration=tiny_calibration())
     ids = ids_of(24, batch=2)
     expected = hand_spike_counts(snn, ids)
     with EnergyMeter(snn) as meter, torch.no_grad():
@@ -154,10 +156,13 @@ def test_attention_macs_follow_the_kv_cache_length(kind):
     assert long.macs - short.macs == 2 * 2 * heads * (257 - 17) * head_dim
 
 
+@pytest.mark.parametrize("spiking_attention", [True, False], ids=["spiking-attention", "float-attention"])
 @pytest.mark.parametrize("spiking_head", [True, False], ids=["spiking-head", "float-head"])
-def test_the_ann_has_no_spikes_and_the_snn_keeps_only_attention_and_a_float_head_dense(kind, spiking_head):
+def test_the_ann_has_no_spikes_and_the_snn_keeps_only_float_attention_and_a_float_head_dense(kind, spiking_head,
+                                                                                             spiking_attention):
     ann = tiny_ann(kind)
-    snn = stac.convert(ann, stac.SpikingConfig(spiking_head=spiking_head), calibration=tiny_calibration())
+    snn = stac.convert(ann, stac.SpikingConfig(spiking_head=spiking_head, spiking_attention=spiking_attention),
+                       calibration=tiny_calibration())
     ids = ids_of(16)
     reports = {}
     for model in (ann, snn):
@@ -169,7 +174,7 @@ def test_the_ann_has_no_spikes_and_the_snn_keeps_only_attention_and_a_float_head
     snn_dense = {lay.name: lay.macs for lay in reports[snn].per_layer if lay.macs}
     ann_dense = {lay.name: lay.macs for lay in reports[ann].per_layer if lay.macs}
     assert snn_dense == {"model." + n: m for n, m in ann_dense.items()
-                         if (n == "lm_head" and not spiking_head) or n.endswith(":attention")}
+                         if (n == "lm_head" and not spiking_head) or (n.endswith(":attention") and not spiking_attention)}
     assert reports[snn].tokens == reports[ann].tokens == ids.numel()
 
 
@@ -221,8 +226,9 @@ def test_denser_spike_weights_pay_off_only_where_fan_out_outweighs_the_extra_ste
     ann = AutoModelForCausalLM.from_config(config).eval()
     ids = ids_of(32)
     reports = {}
-    for octave in (1, 3):
-        snn = stac.convert(ann, stac.SpikingConfig(steps_per_octave=octave), calibration=tiny_calibration())
+    for octave in (1, 3):  # the block encoders' schedule (the attention's keep one step per octave)
+        snn = stac.convert(ann, stac.SpikingConfig(steps_per_octave=octave, spiking_attention=False),
+                           calibration=tiny_calibration())
         with EnergyMeter(snn) as meter, torch.no_grad():
             snn(input_ids=ids, use_cache=False)
         reports[octave] = meter.report()

@@ -54,7 +54,7 @@ def test_every_preset_is_named_by_its_config_and_round_trips_through_its_spec():
     assert weighted.threshold_weighting == 0.5 and config_name(weighted) == "sd-T10-m6+down12+head+w0.5"
     assert parse_config(config_spec(weighted)) == weighted
     assert config_name(stac.SpikingConfig(coding="bitplane", timesteps=10, threshold_margin=2.5,
-                                          layer_overrides=())) == "bp-T10-m2.5+head+prune6.5@10+w0.5"
+                                          layer_overrides=())) == "bp-T10-m2.5+head+attn+prune5.4@16/6.75@10+w0.5"
 
 
 def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
@@ -63,12 +63,14 @@ def test_configs_are_selected_by_name_glob_or_spec_and_unknown_names_raise():
     assert select_configs(["rate:16:2"]) == {"rate-T16-m2+head": stac.SpikingConfig(coding="rate", timesteps=16,
                                                                                threshold_margin=2.0,
                                                                                threshold_weighting=0.0,
+                                                                               spiking_attention=False,
                                                                                layer_overrides=())}
     assert select_configs(None) == PRESETS
     assert config_name(stac.SpikingConfig()) == (
-        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+poct1+head+oct8top4+prune6.5@10+w0.5")
+        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+2+poct1+2+head+attn+oct8top4"
+        "+prune5.4@16/6.75@10+w0.5")
     assert config_name(stac.SpikingConfig(spiking_head=False, steps_per_octave=1)) == (
-        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+poct1+w0.5")
+        "sd-T10-m5+down+2top+2+proj+2top+2+gate_up-1+fc-1+headmx1.6+qoct1+2+poct1+2+attn+w0.5")
     dense = parse_config("signed_digit:10:5:down=12,oct=4,top=3")
     assert (dense.steps_per_octave, dense.coarse_octaves) == (4, 3) and parse_config(config_spec(dense)) == dense
     assert parse_config("signed_digit:10:5").steps_per_octave == 1  # specs name their schedule
@@ -120,7 +122,8 @@ def test_converting_from_statistics_gathered_once_equals_converting_from_the_cal
 # ----- measuring ---------------------------------------------------------------------------------------
 def test_a_measured_row_splits_the_snn_energy_exactly_and_bounds_the_ratio():
     ann, tok = tiny_ann("llama"), tiny_tokenizer()
-    snn = stac.convert(ann, stac.SpikingConfig(timesteps=8), calibration=tiny_calibration())
+    # float attention: its QK^T and AV are the row's attention energy (spike-coded: the next test)
+    snn = stac.convert(ann, stac.SpikingConfig(timesteps=8, spiking_attention=False), calibration=tiny_calibration())
     ids = tiny_calibration(seed=7, n=1, length=300)[0]
     ann_step = measure_decode_step(ann, ids, 256)
     row = measure(ann, snn, tok, ann_step, ids, "lee_background", n_tokens=600, context=256)

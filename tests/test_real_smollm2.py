@@ -41,10 +41,12 @@ def test_engines_agree_layer_by_layer_on_real_activations(smollm2):
     _, tok, snn = smollm2
     ids = tok("The quick brown fox jumps over the lazy dog while the economy grows.", return_tensors="pt").input_ids
     inputs = capture_encoder_inputs(snn, ids)
-    assert len(inputs) == len(snn.encoders) == 121  # 30 blocks x 4, and the lm_head's
+    assert len(inputs) == len(snn.encoders) == 181  # 30 blocks x (4 + the attention's q and p), and the lm_head's
     consumers = {id(m.encoder): m for m in snn.modules() if isinstance(m, SpikingLinear)}
     try:
         for name, enc in snn.encoders.items():
+            if id(enc) not in consumers:  # the attention's q and p (both engines: test_whole_model_engines...)
+                continue
             x = inputs[name]
             layer = consumers[id(enc)]
             enc.engine = "closed_form"
@@ -93,7 +95,7 @@ def test_every_encoder_spikes_and_the_spikes_drive_the_output(smollm2):
     finally:
         for h in hooks:
             h.remove()
-    assert len(counts) == 121 and all(c > 0 for c in counts.values()), counts
+    assert len(counts) == 181 and all(c > 0 for c in counts.values()), counts
 
     def silence(module, args, code):
         return SpikeCode(code.coding, code.unit, code.step_weights, levels=torch.zeros_like(code.integer_levels()))
@@ -124,10 +126,31 @@ def chat(model, tok, use_cache):
     return replies
 
 
+def test_cached_decoding_follows_the_full_recomputation(smollm2):
+    """Each greedily decoded token, with the KV cache, is the top token of a forward over the whole sequence
+    without it, or within 1 nat of it. Not token for token: one new position runs through the matmuls in
+    another order than a whole sequence does, and a channel near a rounding tie then takes the
+    neighbouring level. Measured on the default: the logits within 5 nats of the best differ by up to 0.77
+    nats between the two (0.72 with float attention, the previous default)."""
+    _, tok, snn = smollm2
+    for text in CHAT[:2]:
+        enc = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                      return_dict=True, return_tensors="pt")
+        n = enc["input_ids"].shape[1]
+        out = snn.generate(**enc, max_new_tokens=24, do_sample=False, return_dict_in_generate=True,
+                           output_logits=True)
+        with torch.no_grad():
+            full = snn(input_ids=out.sequences, use_cache=False).logits[0, n - 1:-1]
+        chosen = out.sequences[0, n:]
+        torch.testing.assert_close(out.logits[0][0], full[0], rtol=0, atol=1e-4)  # the prompt: same pass
+        behind = full.amax(-1) - full.gather(-1, chosen[:, None]).squeeze(-1)
+        assert float(behind.max()) < 1.0, behind
+        assert float((behind == 0).float().mean()) >= 0.8, behind
+
+
 def test_three_turn_chat_snn_answers_like_the_ann(smollm2):
     ann, tok, snn = smollm2
     snn_replies = chat(snn, tok, use_cache=True)
-    assert snn_replies == chat(snn, tok, use_cache=False)
     ann_replies = chat(ann, tok, use_cache=True)
     same = sum(a == s for a, s in zip(ann_replies, snn_replies))
     assert same >= 2, list(zip(ann_replies, snn_replies))

@@ -42,22 +42,24 @@ def test_convert_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
     proc = run_convert(tmp_path, "--timesteps", "6")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["spiking"]["timesteps"] == 6 and report["encoders"] == 8 + 1  # 4 per block, and the lm_head's
+    # 4 per block, q and p per block (spiking attention, the default), and the lm_head's
+    assert report["spiking"]["timesteps"] == 6 and report["encoders"] == 8 + 2 * 2 + 1
     model = AutoModelForCausalLM.from_pretrained(out)
     assert isinstance(model, stac.StacForCausalLM)
-    assert not model.config.spiking_config.spiking_attention
+    assert model.config.spiking_config.spiking_attention
+    assert not bool((model.model.model.layers[0].self_attn.encoder_q.threshold == 1).all())  # calibrated
     assert (out / "tokenizer.json").is_file()
 
 
-def test_convert_script_spikes_the_attention_inputs_on_request(tmp_path):
+def test_convert_script_keeps_float_attention_on_request(tmp_path):
     out = tmp_path / "snn"
-    proc = run_convert(tmp_path, "--spiking-attention")
+    proc = run_convert(tmp_path, "--no-spiking-attention")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["spiking"]["spiking_attention"] and report["encoders"] == 8 + 1 + 2 * 2  # q and p per block
+    assert not report["spiking"]["spiking_attention"] and report["encoders"] == 8 + 1
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.spiking_config.spiking_attention
-    assert not bool((model.model.model.layers[0].self_attn.encoder_q.threshold == 1).all())  # calibrated
+    assert not model.config.spiking_config.spiking_attention
+    assert not hasattr(model.model.model.layers[0].self_attn, "encoder_q")
 
 
 def test_convert_script_sets_thresholds_by_sensitivity_under_a_kl_budget(tmp_path):
@@ -85,6 +87,7 @@ def test_script_options_build_the_default_or_the_sensitivity_config():
     c = from_options("--kl-budget", "0.002", "--margin", "4", "--spiking-attention")
     assert c == stac.SpikingConfig.by_sensitivity(0.002, threshold_margin=4.0, spiking_attention=True)
     assert (c.threshold_rule, c.timesteps, c.layer_overrides) == ("sensitivity", 12, ())
+    assert from_options("--no-spiking-attention") == stac.SpikingConfig(spiking_attention=False)
     assert from_options("--steps-per-octave", "2").steps_per_octave == 2
     assert from_options("--kl-budget", "0.002", "--steps-per-octave", "1").steps_per_octave == 1
     assert from_options("--head-prune", "5.4@16/6.75@10").head_prune == ((5.4, 16.0), (6.75, 10.0))

@@ -145,7 +145,7 @@ def test_convert_by_sensitivity_sets_the_budgeted_thresholds_and_keeps_the_floor
     ann = tiny_ann(kind)
     arch = architecture_for(ann.config.model_type)
     calibration = tiny_calibration()
-    config = stac.SpikingConfig(timesteps=12, threshold_margin=4.0, layer_overrides=(),
+    config = stac.SpikingConfig(timesteps=12, threshold_margin=4.0, layer_overrides=(), spiking_attention=False,
                                 threshold_rule="sensitivity", kl_budget=0.01)
     snn = stac.convert(ann, config, calibration=calibration)
     maxima = channel_max(ann, arch, calibration)
