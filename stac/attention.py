@@ -18,7 +18,10 @@ Keys and values stay in float (they are the synapses' weights here, written into
 spiking k/v projections); the scale, the mask, the row max and the exponential stay element-wise float
 work, and so does the division by the normaliser. Both engines
 give the same result: the closed form multiplies ``levels * unit``, the time-stepped engine sums
-``step_weight[t] * (spikes[t] * unit)`` over T products.
+``step_weight[t] * (spikes[t] * unit)`` over T products. At decode sizes (up to 16 new positions) the
+closed form runs the scores with their softmax numerators, and the weighted values with their
+normaliser, as two compiled loops (``stac.kernels.attention_weights`` / ``attention_values``): the same
+sums in another order, in place of about 20 small tensor operations per call.
 
 The function is registered with transformers' ``AttentionInterface`` as ``stac_spiking``, with the
 eager (additive float) mask under the same name in ``AttentionMaskInterface``: without a registered mask
@@ -37,6 +40,8 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from . import kernels
 
 ATTENTION_NAME = "stac_spiking"
 QUERY_ENCODER = "encoder_q"
@@ -81,6 +86,14 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         scores = q.reshape(*lead[:-1], batch, kv_heads, group * new, head_dim) @ keys_t
         return scores.view(*lead[:-1], batch, heads, new, context)
 
+    if q_code.train is None and _kernels_serve(query, key, value, attention_mask, new, dropout, module):
+        # closed form at decode sizes: the two products in compiled loops (stac.kernels), same sums
+        weights = kernels.attention_weights(q_code.scaled(dtype), key, attention_mask, heads, scaling)
+        w_code = encoder_p(weights.unsqueeze(-1))
+        decoded = w_code.scaled(dtype).squeeze(-1)
+        out, normaliser = kernels.attention_values(decoded, value)
+        return out, decoded / normaliser.unsqueeze(-1)
+
     scores = _drive(q_code, dtype, by_query) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
@@ -100,6 +113,20 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     decoded = w_code.scaled(dtype) if w_code.train is None else w_code.decoded().to(dtype)
     normaliser = decoded.sum(-2)  # [b, heads, n, 1]
     return (out / normaliser).transpose(1, 2).contiguous(), (decoded / normaliser.unsqueeze(-1)).squeeze(-1)
+
+
+# The compiled attention loops serve the closed form up to this many new positions per call (decode steps);
+# a prompt's matmuls are faster through torch.
+_KERNEL_POSITIONS = 16
+
+
+def _kernels_serve(query, key, value, mask, new: int, dropout: float, module: nn.Module) -> bool:
+    """Whether ``stac.kernels``' attention loops can take this call: float32 CPU tensors without autograd,
+    a few new positions, no dropout at work, a float additive mask (or none), heads the kernels can hold."""
+    # kernels.applies first: it is False while tracing, where comparing ``new`` would add a shape guard
+    return (kernels.applies(query) and new <= _KERNEL_POSITIONS and key.dtype is value.dtype is torch.float32
+            and not (dropout and module.training) and (mask is None or mask.dtype is torch.float32)
+            and query.shape[-1] <= kernels.ATTENTION_MAX_HEAD_DIM and query.shape[1] % key.shape[1] == 0)
 
 
 AttentionInterface.register(ATTENTION_NAME, spiking_attention_forward)

@@ -227,6 +227,71 @@ void stac_rows_linear(const float *x, int64_t P, int64_t in, const float *w, con
     }
     (void)avx2;
 }
+
+/* Spike-coded attention in closed form at decode sizes (stac.attention), the two products around the
+   softmax weights' encoder. Layouts: q [b, n, H*D] (the query code's levels * unit), keys and values
+   [b, KV, C, D], mask [b, n, C] additive or NULL, heads h use key/value head h / (H / KV).
+   stac_attn_weights: w[b, h, i, c] = exp(s_c - max_c s) with s_c = (q . k_c) * scaling + mask[c].
+   stac_attn_values:  out[b, i, h, :] = (sum_c p[c] v_c) / (sum_c p[c]), norm[b, h, i] = sum_c p[c],
+   p the softmax weights' code (levels * unit); a row whose code is all zero gives 0 / 0 as torch does. */
+static float stac_dot(const float *a, const float *b, int64_t n, int avx2) {
+#ifdef STAC_AVX2
+    if (avx2) return stac_dot_avx2(a, b, n);
+#endif
+    (void)avx2;
+    return stac_dot_plain(a, b, n);
+}
+
+void stac_attn_weights(const float *q, const float *k, const float *mask, int64_t B, int64_t H, int64_t KV,
+                       int64_t N, int64_t C, int64_t D, float scaling, float *w) {
+    int avx2 = 0;
+#ifdef STAC_AVX2
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    int64_t group = H / KV;
+    #pragma omp parallel for collapse(2) schedule(static) if (B * H * N * C * D > 65536)
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h)
+            for (int64_t i = 0; i < N; ++i) {
+                const float *qi = q + (b * N + i) * H * D + h * D;
+                const float *kh = k + (b * KV + h / group) * C * D;
+                const float *mi = mask ? mask + (b * N + i) * C : NULL;
+                float *row = w + ((b * H + h) * N + i) * C;
+                float top = -INFINITY;
+                for (int64_t c = 0; c < C; ++c) {
+                    float s = stac_dot(qi, kh + c * D, D, avx2) * scaling;
+                    if (mi) s = s + mi[c];
+                    row[c] = s;
+                    if (s > top) top = s;
+                }
+                for (int64_t c = 0; c < C; ++c) row[c] = expf(row[c] - top);
+            }
+}
+
+void stac_attn_values(const float *p, const float *v, int64_t B, int64_t H, int64_t KV, int64_t N, int64_t C,
+                      int64_t D, float *out, float *norm) {
+    int64_t group = H / KV;
+    #pragma omp parallel for collapse(2) schedule(static) if (B * H * N * C * D > 65536)
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; ++h)
+            for (int64_t i = 0; i < N; ++i) {
+                const float *row = p + ((b * H + h) * N + i) * C;
+                const float *vh = v + (b * KV + h / group) * C * D;
+                float *o = out + ((b * N + i) * H + h) * D;
+                float acc[512];
+                float total = 0.0f;
+                for (int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
+                for (int64_t c = 0; c < C; ++c) {
+                    float pc = row[c];
+                    if (pc == 0.0f) continue;  /* no spike: no synaptic event */
+                    total += pc;
+                    const float *vc = vh + c * D;
+                    for (int64_t d = 0; d < D; ++d) acc[d] += pc * vc[d];
+                }
+                for (int64_t d = 0; d < D; ++d) o[d] = acc[d] / total;
+                norm[(b * H + h) * N + i] = total;
+            }
+}
 """
 
 _FLAGS = ["-O2", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off", "-fno-fast-math"]
@@ -280,6 +345,10 @@ def _build() -> ctypes.CDLL:
     lib.stac_spike_synapse.restype = i64
     lib.stac_rows_linear.argtypes = [fp, i64, i64, fp, fp, i64, fp]
     lib.stac_rows_linear.restype = None
+    lib.stac_attn_weights.argtypes = [fp, fp, fp, i64, i64, i64, i64, i64, i64, f, fp]
+    lib.stac_attn_weights.restype = None
+    lib.stac_attn_values.argtypes = [fp, fp, i64, i64, i64, i64, i64, i64, fp, fp]
+    lib.stac_attn_values.restype = None
     return lib
 
 
@@ -412,3 +481,46 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor) -> to
     _loaded().stac_rows_linear(x.data_ptr(), positions, inputs, weight.data_ptr(), rows.data_ptr(), rows.numel(),
                                y.data_ptr())
     return y
+
+
+# Longest head the attention kernels take (their per-row accumulator).
+ATTENTION_MAX_HEAD_DIM = 512
+
+
+def attention_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, heads: int,
+                      scaling: float) -> torch.Tensor:
+    """exp(s - max s) per row of the scores s = (q . k) * scaling + mask, for ``query`` [b, n, heads * d]
+    (the queries' code), ``key`` [b, kv_heads, context, d] and an additive ``mask`` [b or 1, 1, n, context]
+    (or None). Returns [b, heads, n, context]: what ``stac.attention`` computes with matmuls, summed in
+    another order."""
+    batch, new = query.shape[0], query.shape[1]
+    kv_heads, context, head_dim = key.shape[1], key.shape[2], key.shape[3]
+    query, key = query.contiguous(), key.contiguous()
+    if mask is not None:
+        mask = mask.expand(batch, 1, new, context)[:, 0].to(torch.float32).contiguous()
+        _check_cpu(mask)
+    _check_cpu(query, key)
+    if query.shape[-1] != heads * head_dim or heads % kv_heads or head_dim > ATTENTION_MAX_HEAD_DIM:
+        raise ValueError(f"attention_weights: queries [b, n, {heads} x {head_dim}] and keys [b, kv, context, "
+                         f"{head_dim}] with kv dividing heads expected, got {tuple(query.shape)} and {tuple(key.shape)}")
+    w = torch.empty((batch, heads, new, context), dtype=torch.float32)
+    _loaded().stac_attn_weights(query.data_ptr(), key.data_ptr(), 0 if mask is None else mask.data_ptr(), batch,
+                                heads, kv_heads, new, context, head_dim, float(scaling), w.data_ptr())
+    return w
+
+
+def attention_values(weights: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_c p_c v_c / sum_c p_c as [b, n, heads, d], the normaliser sum_c p_c as [b, heads, n]) for the
+    softmax weights' code ``weights`` [b, heads, n, context] and ``value`` [b, kv_heads, context, d]."""
+    batch, heads, new, context = weights.shape
+    kv_heads, head_dim = value.shape[1], value.shape[3]
+    weights, value = weights.contiguous(), value.contiguous()
+    _check_cpu(weights, value)
+    if value.shape[2] != context or heads % kv_heads or head_dim > ATTENTION_MAX_HEAD_DIM:
+        raise ValueError(f"attention_values: weights [b, heads, n, {context}] and values [b, kv, {context}, d] "
+                         f"with kv dividing heads expected, got {tuple(weights.shape)} and {tuple(value.shape)}")
+    out = torch.empty((batch, new, heads, head_dim), dtype=torch.float32)
+    norm = torch.empty((batch, heads, new), dtype=torch.float32)
+    _loaded().stac_attn_values(weights.data_ptr(), value.data_ptr(), batch, heads, kv_heads, new, context,
+                               head_dim, out.data_ptr(), norm.data_ptr())
+    return out, norm

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 import stac
-from stac import architectures
+from stac import architectures, attention, kernels
 from stac.architectures import UnsupportedArchitectureError, attention_modules
 from stac.attention import ATTENTION_NAME, PROBABILITY_ENCODER, QUERY_ENCODER, observe_queries
 from stac.calibration import channel_max
@@ -112,6 +112,32 @@ def test_both_engines_give_the_same_logits_and_generation(kind, octave, atol):
     # in the logits of tiny GPT-2 at 3 steps per octave).
     assert torch.allclose(closed, stepped, atol=atol, rtol=0)
     assert torch.equal(tokens, stepped_tokens)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no compiled kernels")
+def test_decode_steps_through_the_compiled_loops_match_the_matmul_path(monkeypatch):
+    """Closed form, one new position at a time with the cache: the compiled attention loops give the logits
+    of the tensor path (same sums, other order)."""
+    snn = stac.convert(tiny_ann("llama"), ATTN, calibration=tiny_calibration())
+    ids = _ids(12)
+
+    def decode():
+        with torch.no_grad():
+            out = snn(input_ids=ids[:, :8], use_cache=True)
+            cache, logits = out.past_key_values, []
+            for i in range(8, 12):
+                out = snn(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits.append(out.logits)
+        return torch.cat(logits, 1)
+
+    calls = []
+    monkeypatch.setattr(attention.kernels, "attention_values",
+                        lambda *a, f=kernels.attention_values: calls.append(1) or f(*a))
+    compiled = decode()
+    assert len(calls) == 5 * snn.config.text_config.num_hidden_layers  # the 8-token prompt and 4 steps
+    monkeypatch.setattr(attention, "_KERNEL_POSITIONS", 0)
+    torch.testing.assert_close(compiled, decode(), rtol=1e-4, atol=1e-4)
 
 
 def test_generation_with_the_kv_cache_matches_full_recomputation():

@@ -63,6 +63,41 @@ def test_rows_linear_equals_the_linear_of_the_selected_rows(token_shape, inputs,
     torch.testing.assert_close(got, torch.nn.functional.linear(x, weight[rows]), rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2), st.sampled_from([(1, 1), (4, 2), (6, 3)]), st.integers(1, 5), st.integers(1, 40),
+       st.integers(1, 40), st.booleans(), st.integers(0, 2**31 - 1))
+def test_attention_kernels_equal_the_matmuls_of_stac_attention(batch, heads_kv, new, context, head_dim, masked, seed):
+    """Scores -> exp(s - max) and weights -> normalised values, grouped heads, with and without a mask, rows
+    with no weight at all except their largest."""
+    heads, kv = heads_kv
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, new, heads * head_dim, generator=g)
+    k, v = torch.randn(batch, kv, context, head_dim, generator=g), torch.randn(batch, kv, context, head_dim, generator=g)
+    mask = torch.where(torch.rand(1, 1, new, context, generator=g) < 0.3, torch.finfo(torch.float32).min, 0.0)
+    mask[..., 0] = 0.0  # every row sees one key
+    mask = mask if masked else None
+    group = heads // kv
+    grouped = q.view(batch, new, kv, group, head_dim).permute(0, 2, 3, 1, 4).reshape(batch, kv, group * new, head_dim)
+    s = (grouped @ k.transpose(-1, -2)).view(batch, heads, new, context) * 0.3
+    s = s if mask is None else s + mask
+    expected = torch.exp(s - s.amax(-1, keepdim=True))
+    w = kernels.attention_weights(q, k, mask, heads, 0.3)
+    torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-5)
+    p = torch.where(torch.rand(w.shape, generator=g) < 0.5, w, torch.zeros_like(w))
+    p = torch.maximum(p, (w == w.amax(-1, keepdim=True)).float())  # the largest weight is always coded
+    out, norm = kernels.attention_values(p, v)
+    reference = (p.view(batch, kv, group * new, context) @ v).view(batch, heads, new, head_dim) / p.sum(-1, keepdim=True)
+    torch.testing.assert_close(out, reference.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm, p.sum(-1), rtol=1e-6, atol=1e-6)
+
+
+def test_attention_kernels_reject_shapes_they_cannot_take():
+    with pytest.raises(ValueError, match="kv dividing heads"):
+        kernels.attention_weights(torch.zeros(1, 1, 8), torch.zeros(1, 3, 5, 4), None, 2, 1.0)
+    with pytest.raises(ValueError, match="kv dividing heads"):
+        kernels.attention_values(torch.zeros(1, 2, 1, 5), torch.zeros(1, 2, 6, 4))
+
+
 def test_rows_linear_rejects_bad_rows_and_weights():
     with pytest.raises(IndexError, match="row indices"):
         kernels.rows_linear(torch.zeros(1, 4), torch.zeros(3, 4), torch.tensor([3]))
