@@ -21,7 +21,9 @@ give the same result: the closed form multiplies ``levels * unit``, the time-ste
 ``step_weight[t] * (spikes[t] * unit)`` over T products. At decode sizes (up to 16 new positions) the
 closed form runs the scores with their softmax numerators, and the weighted values with their
 normaliser, as two compiled loops (``stac.kernels.attention_weights`` / ``attention_values``): the same
-sums in another order, in place of about 20 small tensor operations per call.
+sums in another order, in place of about 20 small tensor operations per call; the time-stepped engine
+feeds each spike through its synapses event by event (``stac.kernels.spike_synapse``, as the weight
+matmuls do), in place of T dense products.
 
 The function is registered with transformers' ``AttentionInterface`` as ``stac_spiking``, with the
 eager (additive float) mask under the same name in ``AttentionMaskInterface``: without a registered mask
@@ -94,7 +96,9 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         out, normaliser = kernels.attention_values(decoded, value)
         return out, decoded / normaliser.unsqueeze(-1)
 
-    scores = _drive(q_code, dtype, by_query) * scaling
+    # time-stepped at decode sizes: every spike adds its synapses' weights, event by event (stac.kernels)
+    events = q_code.train is not None and _kernels_serve(query, key, value, attention_mask, new, dropout, module)
+    scores = (_query_events(q_code, key, heads) if events else _drive(q_code, dtype, by_query)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
     # The softmax's numerator exp(s - max): in (0, 1], exactly 1 at each row's largest score.
@@ -109,14 +113,46 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         out = w.view(*lead, batch, kv_heads, group * new, context) @ value
         return out.view(*lead, batch, heads, new, head_dim)
 
-    out = _drive(w_code, dtype, by_value)
+    out = _value_events(w_code, value, heads) if events else _drive(w_code, dtype, by_value)
     decoded = w_code.scaled(dtype) if w_code.train is None else w_code.decoded().to(dtype)
     normaliser = decoded.sum(-2)  # [b, heads, n, 1]
     return (out / normaliser).transpose(1, 2).contiguous(), (decoded / normaliser.unsqueeze(-1)).squeeze(-1)
 
 
-# The compiled attention loops serve the closed form up to this many new positions per call (decode steps);
-# a prompt's matmuls are faster through torch.
+def _query_events(code, key: torch.Tensor, heads: int) -> torch.Tensor:
+    """The scores sum_t w_t (s_t * unit) K^T of a time-stepped query code [T, b, n, heads * d], event by
+    event (stac.kernels.spike_synapse): each spike adds its key column, times its weight, to its head's
+    scores. Returns [b, heads, n, context]."""
+    steps, batch, new = code.train.shape[:3]
+    kv_heads, context, head_dim = key.shape[1:]
+    group = heads // kv_heads
+    scaled = code.scaled(torch.float32).view(steps, batch, new, kv_heads, group, head_dim)
+    ones = torch.ones(head_dim)  # the unit is inside ``scaled`` (the same events: its nonzero entries)
+    scores = torch.empty(batch, kv_heads, group, new, context)
+    for b in range(batch):
+        for g in range(kv_heads):
+            scores[b, g] = kernels.spike_synapse(scaled[:, b, :, g].transpose(1, 2), ones, code.step_weights,
+                                                 key[b, g].t())
+    return scores.view(batch, heads, new, context)
+
+
+def _value_events(code, value: torch.Tensor, heads: int) -> torch.Tensor:
+    """sum_t w_t (s_t * unit) V of a time-stepped softmax-weight code [T, b, heads, n, context, 1], event by
+    event: each spike adds its value row. Returns [b, heads, n, d], not yet normalised."""
+    steps, batch, _, new, context = code.train.shape[:5]
+    kv_heads, head_dim = value.shape[1], value.shape[3]
+    group = heads // kv_heads
+    scaled = code.scaled(torch.float32).view(steps, batch, kv_heads, group, new, context)
+    ones = torch.ones(context)
+    out = torch.empty(batch, kv_heads, group, new, head_dim)
+    for b in range(batch):
+        for g in range(kv_heads):
+            out[b, g] = kernels.spike_synapse(scaled[:, b, g], ones, code.step_weights, value[b, g])
+    return out.view(batch, heads, new, head_dim)
+
+
+# The compiled attention loops serve up to this many new positions per call (decode steps); a prompt's
+# matmuls are faster through torch.
 _KERNEL_POSITIONS = 16
 
 

@@ -115,10 +115,11 @@ def test_both_engines_give_the_same_logits_and_generation(kind, octave, atol):
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no compiled kernels")
-def test_decode_steps_through_the_compiled_loops_match_the_matmul_path(monkeypatch):
-    """Closed form, one new position at a time with the cache: the compiled attention loops give the logits
-    of the tensor path (same sums, other order)."""
-    snn = stac.convert(tiny_ann("llama"), ATTN, calibration=tiny_calibration())
+@pytest.mark.parametrize("engine, compiled", [("closed_form", "attention_values"), ("time_stepped", "spike_synapse")])
+def test_decode_steps_through_the_compiled_loops_match_the_matmul_path(monkeypatch, engine, compiled):
+    """One new position at a time with the cache: the compiled attention loops (closed form) or the
+    event-driven synapses (time-stepped) give the logits of the tensor path (same sums, other order)."""
+    snn = stac.convert(tiny_ann("llama"), ATTN.replace(engine=engine), calibration=tiny_calibration())
     ids = _ids(12)
 
     def decode():
@@ -132,12 +133,13 @@ def test_decode_steps_through_the_compiled_loops_match_the_matmul_path(monkeypat
         return torch.cat(logits, 1)
 
     calls = []
-    monkeypatch.setattr(attention.kernels, "attention_values",
-                        lambda *a, f=kernels.attention_values: calls.append(1) or f(*a))
-    compiled = decode()
-    assert len(calls) == 5 * snn.config.text_config.num_hidden_layers  # the 8-token prompt and 4 steps
+    monkeypatch.setattr(attention.kernels, compiled, lambda *a, f=getattr(kernels, compiled): calls.append(1) or f(*a))
+    through_loops = decode()
+    # the 8-token prompt and 4 steps, in every layer (time-stepped: queries and weights per key/value head)
+    per_call = 1 if engine == "closed_form" else 2 * snn.config.text_config.num_key_value_heads
+    assert len(calls) == 5 * snn.config.text_config.num_hidden_layers * per_call
     monkeypatch.setattr(attention, "_KERNEL_POSITIONS", 0)
-    torch.testing.assert_close(compiled, decode(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(through_loops, decode(), rtol=1e-4, atol=1e-4)
 
 
 def test_generation_with_the_kv_cache_matches_full_recomputation():
