@@ -158,11 +158,14 @@ _KERNEL_POSITIONS = 16
 
 def _kernels_serve(query, key, value, mask, new: int, dropout: float, module: nn.Module) -> bool:
     """Whether ``stac.kernels``' attention loops can take this call: float32 CPU tensors without autograd,
-    a few new positions, no dropout at work, a float additive mask (or none), heads the kernels can hold."""
+    a few new positions, no dropout at work, one float additive mask for all heads (or none), heads the
+    kernels can hold; anything else takes the tensor path."""
     # kernels.applies first: it is False while tracing, where comparing ``new`` would add a shape guard
     return (kernels.applies(query) and new <= _KERNEL_POSITIONS and key.dtype is value.dtype is torch.float32
-            and not (dropout and module.training) and (mask is None or mask.dtype is torch.float32)
-            and query.shape[-1] <= kernels.ATTENTION_MAX_HEAD_DIM and query.shape[1] % key.shape[1] == 0)
+            and not (dropout and module.training)
+            and (mask is None or (mask.dtype is torch.float32 and mask.dim() == 4 and mask.shape[1] == 1))
+            and max(query.shape[-1], value.shape[-1]) <= kernels.ATTENTION_MAX_HEAD_DIM
+            and query.shape[1] % key.shape[1] == 0 and key.shape[0] == value.shape[0] == query.shape[0])
 
 
 AttentionInterface.register(ATTENTION_NAME, spiking_attention_forward)

@@ -127,6 +127,14 @@ def compare_energy(ann, snn, tokenizer_or_ids, context: int = 256, energy_model:
     }
 
 
+def energy_ids(tokenizer, text: str, context: int = 256) -> torch.Tensor:
+    """The first ``context + 1`` tokens of ``text`` (a corpus name or the text itself): the energy figure's
+    context and the token decoded after it."""
+    if "\n" not in text and len(text) < 4096:
+        text = read_text(text)
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0, : context + 1]
+
+
 # ----- everything --------------------------------------------------------------------------------------
 def evaluate(ann, snn, tokenizer, text: str = "lee_background", n_tokens: int = 2048,
              chats: list[list[str]] | None = None, energy_model: str = "45nm_fp32", context: int = 256,
@@ -136,10 +144,7 @@ def evaluate(ann, snn, tokenizer, text: str = "lee_background", n_tokens: int = 
     The energy ids are the first ``context + 1`` tokens of ``text``.
     """
     result = {"spiking": snn.config.spiking, **compare_on_text(ann, snn, tokenizer, text, n_tokens)}
-    if "\n" not in text and len(text) < 4096:
-        text = read_text(text)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0, : context + 1]
-    result.update(compare_energy(ann, snn, ids, context, energy_model))
+    result.update(compare_energy(ann, snn, energy_ids(tokenizer, text, context), context, energy_model))
     result.update(compare_in_chat(ann, snn, tokenizer, chats if chats is not None else load_chats(),
                                   max_new_tokens))
     return result

@@ -496,13 +496,15 @@ def attention_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
     batch, new = query.shape[0], query.shape[1]
     kv_heads, context, head_dim = key.shape[1], key.shape[2], key.shape[3]
     query, key = query.contiguous(), key.contiguous()
-    if mask is not None:
+    if mask is not None:  # one mask for every head: [b or 1, 1, n, context]
         mask = mask.expand(batch, 1, new, context)[:, 0].to(torch.float32).contiguous()
         _check_cpu(mask)
     _check_cpu(query, key)
-    if query.shape[-1] != heads * head_dim or heads % kv_heads or head_dim > ATTENTION_MAX_HEAD_DIM:
-        raise ValueError(f"attention_weights: queries [b, n, {heads} x {head_dim}] and keys [b, kv, context, "
-                         f"{head_dim}] with kv dividing heads expected, got {tuple(query.shape)} and {tuple(key.shape)}")
+    if (query.dtype is not torch.float32 or key.dtype is not torch.float32 or key.shape[0] != batch
+            or query.shape[-1] != heads * head_dim or heads % kv_heads or head_dim > ATTENTION_MAX_HEAD_DIM):
+        raise ValueError(f"attention_weights: float32 queries [b, n, {heads} x {head_dim}] and keys [b, kv, context, "
+                         f"{head_dim}] with kv dividing heads expected, got {query.dtype} {tuple(query.shape)} and "
+                         f"{key.dtype} {tuple(key.shape)}")
     w = torch.empty((batch, heads, new, context), dtype=torch.float32)
     _loaded().stac_attn_weights(query.data_ptr(), key.data_ptr(), 0 if mask is None else mask.data_ptr(), batch,
                                 heads, kv_heads, new, context, head_dim, float(scaling), w.data_ptr())
@@ -516,9 +518,11 @@ def attention_values(weights: torch.Tensor, value: torch.Tensor) -> tuple[torch.
     kv_heads, head_dim = value.shape[1], value.shape[3]
     weights, value = weights.contiguous(), value.contiguous()
     _check_cpu(weights, value)
-    if value.shape[2] != context or heads % kv_heads or head_dim > ATTENTION_MAX_HEAD_DIM:
-        raise ValueError(f"attention_values: weights [b, heads, n, {context}] and values [b, kv, {context}, d] "
-                         f"with kv dividing heads expected, got {tuple(weights.shape)} and {tuple(value.shape)}")
+    if (weights.dtype is not torch.float32 or value.dtype is not torch.float32 or value.shape[0] != batch
+            or value.shape[2] != context or heads % kv_heads or head_dim > ATTENTION_MAX_HEAD_DIM):
+        raise ValueError(f"attention_values: float32 weights [b, heads, n, {context}] and values [b, kv, {context}, d] "
+                         f"with kv dividing heads expected, got {weights.dtype} {tuple(weights.shape)} and "
+                         f"{value.dtype} {tuple(value.shape)}")
     out = torch.empty((batch, new, heads, head_dim), dtype=torch.float32)
     norm = torch.empty((batch, heads, new), dtype=torch.float32)
     _loaded().stac_attn_values(weights.data_ptr(), value.data_ptr(), batch, heads, kv_heads, new, context,

@@ -142,6 +142,23 @@ def test_decode_steps_through_the_compiled_loops_match_the_matmul_path(monkeypat
     torch.testing.assert_close(through_loops, decode(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_mask_per_head_takes_the_tensor_path():
+    """The compiled loops take one mask for all heads; a [b, heads, n, context] mask goes the tensor way."""
+    snn = stac.convert(tiny_ann("llama"), ATTN, calibration=tiny_calibration())
+    module = _attentions(snn)[0]
+    config = snn.config.text_config
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    dim = config.hidden_size // heads
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, n, 1 if n == heads else 7, dim, generator=g) for n in (heads, kv, kv))
+    mask = torch.zeros(1, heads, 1, 7)
+    mask[:, 0, :, 3] = torch.finfo(torch.float32).min
+    with torch.no_grad():
+        out, probs = attention.spiking_attention_forward(module, q, k, v, mask, scaling=dim ** -0.5)
+    assert out.shape == (1, 1, heads, dim) and probs.shape == (1, heads, 1, 7)
+    assert probs[0, 0, 0, 3] == 0 and torch.allclose(probs.sum(-1), torch.ones(1, heads, 1))
+
+
 def test_generation_with_the_kv_cache_matches_full_recomputation():
     snn = stac.convert(tiny_ann("llama"), ATTN, calibration=tiny_calibration())
     ids = _ids(12)

@@ -377,7 +377,10 @@ def test_evaluate_script_converts_an_ann_and_reports_one_json_object(tmp_path, c
     result = evaluate_script().main([
         "--model", str(tmp_path / "ann"), "--tokens", "600", "--chat-file", str(chats),
         "--max-new-tokens", "4", "--timesteps", "10", "--json", str(tmp_path / "out" / "eval.json"),
+        "--plots", str(tmp_path / "plots"),
     ])
+    for figure in ("firing_rates.png", "energy_split.png"):
+        assert (tmp_path / "plots" / figure).read_bytes()[:4] == b"\x89PNG"
     printed = json.loads(capsys.readouterr().out)
     assert printed == result == json.loads((tmp_path / "out" / "eval.json").read_text())
     assert KEYS <= set(result)

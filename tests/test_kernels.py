@@ -96,6 +96,14 @@ def test_attention_kernels_reject_shapes_they_cannot_take():
         kernels.attention_weights(torch.zeros(1, 1, 8), torch.zeros(1, 3, 5, 4), None, 2, 1.0)
     with pytest.raises(ValueError, match="kv dividing heads"):
         kernels.attention_values(torch.zeros(1, 2, 1, 5), torch.zeros(1, 2, 6, 4))
+    with pytest.raises(ValueError, match="float32"):  # a key of another batch would be read past its end
+        kernels.attention_weights(torch.zeros(2, 1, 8), torch.zeros(1, 2, 5, 4), None, 2, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.attention_weights(torch.zeros(1, 1, 8), torch.zeros(1, 2, 5, 4, dtype=torch.float16), None, 2, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.attention_values(torch.zeros(1, 2, 1, 5, dtype=torch.float64), torch.zeros(1, 2, 5, 4))
+    with pytest.raises(ValueError, match="float32"):
+        kernels.attention_values(torch.zeros(2, 2, 1, 5), torch.zeros(1, 2, 5, 4))
 
 
 def test_rows_linear_rejects_bad_rows_and_weights():
