@@ -16,9 +16,7 @@ from pathlib import Path
 import stac
 from stac.cli import add_spiking_options, spiking_config
 from stac.energy import ENERGY_MODELS
-from stac.energy import measure_decode_step
-from stac.evaluation import energy_ids, evaluate, load_chats, load_pair
-from stac.plots import plot_energy_split, plot_firing_rates
+from stac.evaluation import evaluate, load_chats, load_pair
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,14 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     ann, snn, tokenizer = load_pair(args.model, args.base, spiking, progress=sys.stderr.isatty())
     result = evaluate(ann, snn, tokenizer, text=args.text_file, n_tokens=args.tokens,
                       chats=load_chats(args.chat_file), energy_model=args.energy_model, context=args.context,
-                      max_new_tokens=args.max_new_tokens)
-    if args.plots is not None:
-        args.plots.mkdir(parents=True, exist_ok=True)
-        ids = energy_ids(tokenizer, args.text_file, args.context)
-        ann_step = measure_decode_step(ann, ids, args.context, args.energy_model)
-        snn_step = measure_decode_step(snn, ids, args.context, args.energy_model)
-        plot_firing_rates(snn_step, args.plots / "firing_rates.png")
-        plot_energy_split(ann_step, snn_step, args.plots / "energy_split.png")
+                      max_new_tokens=args.max_new_tokens, plots=args.plots)
     text = json.dumps(result, indent=2)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

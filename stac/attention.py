@@ -88,7 +88,8 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         scores = q.reshape(*lead[:-1], batch, kv_heads, group * new, head_dim) @ keys_t
         return scores.view(*lead[:-1], batch, heads, new, context)
 
-    if q_code.train is None and _kernels_serve(query, key, value, attention_mask, new, dropout, module):
+    compiled = _kernels_serve(query, key, value, attention_mask, new, dropout, module)
+    if compiled and q_code.train is None:
         # closed form at decode sizes: the two products in compiled loops (stac.kernels), same sums
         weights = kernels.attention_weights(q_code.scaled(dtype), key, attention_mask, heads, scaling)
         w_code = encoder_p(weights.unsqueeze(-1))
@@ -96,9 +97,13 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         out, normaliser = kernels.attention_values(decoded, value)
         return out, decoded / normaliser.unsqueeze(-1)
 
-    # time-stepped at decode sizes: every spike adds its synapses' weights, event by event (stac.kernels)
-    events = q_code.train is not None and _kernels_serve(query, key, value, attention_mask, new, dropout, module)
-    scores = (_query_events(q_code, key, heads) if events else _drive(q_code, dtype, by_query)) * scaling
+    # time-stepped at decode sizes: every spike adds its synapses' weights, event by event (stac.kernels):
+    # a query spike its key column, a weight spike its value row
+    if compiled:
+        trains = q_code.scaled(torch.float32).view(-1, batch, new, kv_heads, group, head_dim).permute(0, 1, 3, 4, 2, 5)
+        scores = _events(trains, q_code.step_weights, key.transpose(-1, -2)) * scaling
+    else:
+        scores = _drive(q_code, dtype, by_query) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
     # The softmax's numerator exp(s - max): in (0, 1], exactly 1 at each row's largest score.
@@ -113,42 +118,27 @@ def spiking_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         out = w.view(*lead, batch, kv_heads, group * new, context) @ value
         return out.view(*lead, batch, heads, new, head_dim)
 
-    out = _value_events(w_code, value, heads) if events else _drive(w_code, dtype, by_value)
+    if compiled:
+        trains = w_code.scaled(torch.float32).view(-1, batch, kv_heads, group, new, context)
+        out = _events(trains, w_code.step_weights, value)
+    else:
+        out = _drive(w_code, dtype, by_value)
     decoded = w_code.scaled(dtype) if w_code.train is None else w_code.decoded().to(dtype)
     normaliser = decoded.sum(-2)  # [b, heads, n, 1]
     return (out / normaliser).transpose(1, 2).contiguous(), (decoded / normaliser.unsqueeze(-1)).squeeze(-1)
 
 
-def _query_events(code, key: torch.Tensor, heads: int) -> torch.Tensor:
-    """The scores sum_t w_t (s_t * unit) K^T of a time-stepped query code [T, b, n, heads * d], event by
-    event (stac.kernels.spike_synapse): each spike adds its key column, times its weight, to its head's
-    scores. Returns [b, heads, n, context]."""
-    steps, batch, new = code.train.shape[:3]
-    kv_heads, context, head_dim = key.shape[1:]
-    group = heads // kv_heads
-    scaled = code.scaled(torch.float32).view(steps, batch, new, kv_heads, group, head_dim)
-    ones = torch.ones(head_dim)  # the unit is inside ``scaled`` (the same events: its nonzero entries)
-    scores = torch.empty(batch, kv_heads, group, new, context)
+def _events(trains: torch.Tensor, step_weights: torch.Tensor, synapses: torch.Tensor) -> torch.Tensor:
+    """sum_t w_t trains[t] @ synapses, event by event (stac.kernels.spike_synapse), for each batch row and
+    key/value head: ``trains`` [T, b, kv_heads, group, n, in] (spikes times unit), ``synapses``
+    [b, kv_heads, in, out]. Returns [b, kv_heads * group, n, out]."""
+    _, batch, kv_heads, group, new, inputs = trains.shape
+    ones = torch.ones(inputs)  # the unit is inside ``trains`` (the same events: its nonzero entries)
+    out = torch.empty(batch, kv_heads, group, new, synapses.shape[-1])
     for b in range(batch):
         for g in range(kv_heads):
-            scores[b, g] = kernels.spike_synapse(scaled[:, b, :, g].transpose(1, 2), ones, code.step_weights,
-                                                 key[b, g].t())
-    return scores.view(batch, heads, new, context)
-
-
-def _value_events(code, value: torch.Tensor, heads: int) -> torch.Tensor:
-    """sum_t w_t (s_t * unit) V of a time-stepped softmax-weight code [T, b, heads, n, context, 1], event by
-    event: each spike adds its value row. Returns [b, heads, n, d], not yet normalised."""
-    steps, batch, _, new, context = code.train.shape[:5]
-    kv_heads, head_dim = value.shape[1], value.shape[3]
-    group = heads // kv_heads
-    scaled = code.scaled(torch.float32).view(steps, batch, kv_heads, group, new, context)
-    ones = torch.ones(context)
-    out = torch.empty(batch, kv_heads, group, new, head_dim)
-    for b in range(batch):
-        for g in range(kv_heads):
-            out[b, g] = kernels.spike_synapse(scaled[:, b, g], ones, code.step_weights, value[b, g])
-    return out.view(batch, heads, new, head_dim)
+            out[b, g] = kernels.spike_synapse(trains[:, b, g], ones, step_weights, synapses[b, g])
+    return out.view(batch, kv_heads * group, new, -1)
 
 
 # The compiled attention loops serve up to this many new positions per call (decode steps); a prompt's

@@ -170,6 +170,12 @@ class LayerEnergy:
     memory_bytes: int = 0
 
 
+
+def is_attention(layer_name: str) -> bool:
+    """Whether a report entry is attention work (QK^T, AV, softmax, RoPE, or with spiking attention its
+    query and softmax-weight encoders), whose cost grows with the context."""
+    return layer_name.endswith((":attention", f".{QUERY_ENCODER}", f".{PROBABILITY_ENCODER}"))
+
 @dataclass
 class EnergyReport:
     """Totals over everything a meter observed, and the per-module breakdown."""

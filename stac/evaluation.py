@@ -14,6 +14,7 @@ from .configuration_stac import StacConfig
 from .convert import convert
 from .data import read_text, token_windows
 from .energy import measure_decode_step
+from .plots import plot_energy_split, plot_firing_rates
 from .modeling_stac import StacForCausalLM
 from .sources import load_base
 
@@ -109,10 +110,16 @@ def compare_in_chat(ann, snn, tokenizer, conversations: list[list[str]], max_new
 
 
 # ----- energy ----------------------------------------------------------------------------------------------
-def compare_energy(ann, snn, tokenizer_or_ids, context: int = 256, energy_model: str = "45nm_fp32") -> dict:
-    """Energy of one decoded token after ``context`` tokens, ANN vs SNN, all operations counted."""
+def compare_energy(ann, snn, tokenizer_or_ids, context: int = 256, energy_model: str = "45nm_fp32",
+                   plots: str | Path | None = None) -> dict:
+    """Energy of one decoded token after ``context`` tokens, ANN vs SNN, all operations counted. With
+    ``plots`` (a directory) the same step is drawn layer by layer there: firing_rates.png, energy_split.png."""
     rep_ann = measure_decode_step(ann, tokenizer_or_ids, context, energy_model)
     rep_snn = measure_decode_step(snn, tokenizer_or_ids, context, energy_model)
+    if plots is not None:
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        plot_firing_rates(rep_snn, Path(plots) / "firing_rates.png")
+        plot_energy_split(rep_ann, rep_snn, Path(plots) / "energy_split.png")
     return {
         "energy_model": rep_ann.energy_model,
         "energy_context": context,
@@ -127,24 +134,19 @@ def compare_energy(ann, snn, tokenizer_or_ids, context: int = 256, energy_model:
     }
 
 
-def energy_ids(tokenizer, text: str, context: int = 256) -> torch.Tensor:
-    """The first ``context + 1`` tokens of ``text`` (a corpus name or the text itself): the energy figure's
-    context and the token decoded after it."""
-    if "\n" not in text and len(text) < 4096:
-        text = read_text(text)
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0, : context + 1]
-
-
 # ----- everything --------------------------------------------------------------------------------------
 def evaluate(ann, snn, tokenizer, text: str = "lee_background", n_tokens: int = 2048,
              chats: list[list[str]] | None = None, energy_model: str = "45nm_fp32", context: int = 256,
-             max_new_tokens: int = 64) -> dict:
+             max_new_tokens: int = 64, plots: str | Path | None = None) -> dict:
     """Fidelity on text, greedy chat agreement and energy per token of an SNN against its ANN.
 
     The energy ids are the first ``context + 1`` tokens of ``text``.
     """
     result = {"spiking": snn.config.spiking, **compare_on_text(ann, snn, tokenizer, text, n_tokens)}
-    result.update(compare_energy(ann, snn, energy_ids(tokenizer, text, context), context, energy_model))
+    if "\n" not in text and len(text) < 4096:
+        text = read_text(text)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0, : context + 1]
+    result.update(compare_energy(ann, snn, ids, context, energy_model, plots))
     result.update(compare_in_chat(ann, snn, tokenizer, chats if chats is not None else load_chats(),
                                   max_new_tokens))
     return result

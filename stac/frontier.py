@@ -22,12 +22,11 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .architectures import ARCHITECTURES, architecture_for
-from .attention import PROBABILITY_ENCODER, QUERY_ENCODER
 from .calibration import channel_max
 from .config import SpikingConfig, format_head_prune, parse_head_prune
 from .convert import convert
 from .data import read_text
-from .energy import EnergyMeter, EnergyReport, energy_model_for, measure_decode_step
+from .energy import EnergyMeter, EnergyReport, energy_model_for, is_attention, measure_decode_step
 from .evaluation import compare_on_text
 from .sensitivity import Sensitivity, fisher_diagonal
 
@@ -354,15 +353,11 @@ def energy_split(report: EnergyReport) -> dict[str, float]:
     whose work grows with the context) and the remaining element-wise work."""
     split = dict(spiking=0.0, dense=0.0, attention=0.0, elementwise=0.0)
     for layer in report.per_layer:
-        key = "attention" if _is_attention(layer.name) else layer.kind
+        key = "attention" if is_attention(layer.name) else layer.kind
         split[key] += layer.energy_j
     per = {f"energy_{k}_j": v / report.tokens for k, v in split.items()}
     per["energy_synops_j"] = report.energy_ac_j / report.tokens
     return per
-
-
-def _is_attention(layer_name: str) -> bool:
-    return layer_name.endswith((":attention", f".{QUERY_ENCODER}", f".{PROBABILITY_ENCODER}"))
 
 
 def _spiking_by_group(report: EnergyReport) -> dict[str, float]:
@@ -395,7 +390,7 @@ def measure(ann, snn, tokenizer, ann_step: EnergyReport, energy_ids: torch.Tenso
     block_macs = sum(l.macs for l in ann_step.per_layer
                      if l.kind == "dense" and not l.name.endswith(":attention") and "lm_head" not in l.name)
     block_synops = sum(l.synops for l in step.per_layer
-                       if not l.name.endswith("encoder_head") and not _is_attention(l.name))
+                       if not l.name.endswith("encoder_head") and not is_attention(l.name))
     row.update({
         "energy_model": ann_step.energy_model,
         "energy_context": context,
@@ -407,8 +402,8 @@ def measure(ann, snn, tokenizer, ann_step: EnergyReport, energy_ids: torch.Tenso
         "spikes_per_token_text_avg": text_report.spikes_per_token,
         # the weight matmuls' encoders (attention's weight neurons, one per score, mostly silent, are not)
         "spikes_per_neuron_text_avg": (
-            sum(l.spikes for l in text_report.per_layer if not _is_attention(l.name))
-            / max(1, sum(l.neurons for l in text_report.per_layer if not _is_attention(l.name)))),
+            sum(l.spikes for l in text_report.per_layer if not is_attention(l.name))
+            / max(1, sum(l.neurons for l in text_report.per_layer if not is_attention(l.name)))),
         "synops_per_token": step.synops / step.tokens,
         "synops_per_block_mac": (block_synops / step.tokens) / (block_macs / ann_step.tokens),
         **split,

@@ -125,6 +125,15 @@ static void stac_tile_avx2(const stac_event *ev, int64_t ne, const float *wt, in
 }
 #endif
 
+/* Whether this CPU runs the AVX2 + FMA paths (0 where they are not compiled in). */
+static int stac_avx2(void) {
+#ifdef STAC_AVX2
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
 /* Gathers each token's events in time order (tokens in parallel), then accumulates them tile by tile.
    Returns the number of events, i.e. spikes, or -1 when out of memory. */
 int64_t stac_spike_synapse(const float *train, int64_t steps, int64_t n, int64_t in, const float *unit,
@@ -135,10 +144,7 @@ int64_t stac_spike_synapse(const float *train, int64_t steps, int64_t n, int64_t
     stac_event *ev = (stac_event *)malloc(sizeof(stac_event) * (size_t)(steps * in * chunk + 1));
     int64_t *count = (int64_t *)malloc(sizeof(int64_t) * (size_t)(chunk + 1));
     if (ev == NULL || count == NULL) { free(ev); free(count); return -1; }
-    int avx2 = 0;
-#ifdef STAC_AVX2
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
+    int avx2 = stac_avx2();
     int64_t total = 0;
     int64_t tiles = (out + STAC_TILE - 1) / STAC_TILE;
     for (int64_t j0 = 0; j0 < n; j0 += chunk) {
@@ -209,31 +215,6 @@ static float stac_dot_plain(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-void stac_rows_linear(const float *x, int64_t P, int64_t in, const float *w, const int64_t *rows, int64_t K,
-                      float *y) {
-    int avx2 = 0;
-#ifdef STAC_AVX2
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-    #pragma omp parallel for schedule(static) if (K * P * in > 65536)
-    for (int64_t k = 0; k < K; ++k) {
-        const float *row = w + rows[k] * in;
-        for (int64_t p = 0; p < P; ++p) {
-#ifdef STAC_AVX2
-            if (avx2) { y[p * K + k] = stac_dot_avx2(x + p * in, row, in); continue; }
-#endif
-            y[p * K + k] = stac_dot_plain(x + p * in, row, in);
-        }
-    }
-    (void)avx2;
-}
-
-/* Spike-coded attention in closed form at decode sizes (stac.attention), the two products around the
-   softmax weights' encoder. Layouts: q [b, n, H*D] (the query code's levels * unit), keys and values
-   [b, KV, C, D], mask [b, n, C] additive or NULL, heads h use key/value head h / (H / KV).
-   stac_attn_weights: w[b, h, i, c] = exp(s_c - max_c s) with s_c = (q . k_c) * scaling + mask[c].
-   stac_attn_values:  out[b, i, h, :] = (sum_c p[c] v_c) / (sum_c p[c]), norm[b, h, i] = sum_c p[c],
-   p the softmax weights' code (levels * unit); a row whose code is all zero gives 0 / 0 as torch does. */
 static float stac_dot(const float *a, const float *b, int64_t n, int avx2) {
 #ifdef STAC_AVX2
     if (avx2) return stac_dot_avx2(a, b, n);
@@ -242,12 +223,26 @@ static float stac_dot(const float *a, const float *b, int64_t n, int avx2) {
     return stac_dot_plain(a, b, n);
 }
 
+void stac_rows_linear(const float *x, int64_t P, int64_t in, const float *w, const int64_t *rows, int64_t K,
+                      float *y) {
+    int avx2 = stac_avx2();
+    #pragma omp parallel for schedule(static) if (K * P * in > 65536)
+    for (int64_t k = 0; k < K; ++k) {
+        const float *row = w + rows[k] * in;
+        for (int64_t p = 0; p < P; ++p) y[p * K + k] = stac_dot(x + p * in, row, in, avx2);
+    }
+}
+
+/* Spike-coded attention in closed form at decode sizes (stac.attention), the two products around the
+   softmax weights' encoder. Layouts: q [b, n, H*D] (the query code's levels * unit), keys and values
+   [b, KV, C, D], mask [b, n, C] additive or NULL, heads h use key/value head h / (H / KV).
+   stac_attn_weights: w[b, h, i, c] = exp(s_c - max_c s) with s_c = (q . k_c) * scaling + mask[c].
+   stac_attn_values:  out[b, i, h, :] = (sum_c p[c] v_c) / (sum_c p[c]), norm[b, h, i] = sum_c p[c],
+   p the softmax weights' code (levels * unit); a row whose code is all zero gives 0 / 0 as torch does. */
+
 void stac_attn_weights(const float *q, const float *k, const float *mask, int64_t B, int64_t H, int64_t KV,
                        int64_t N, int64_t C, int64_t D, float scaling, float *w) {
-    int avx2 = 0;
-#ifdef STAC_AVX2
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
+    int avx2 = stac_avx2();
     int64_t group = H / KV;
     #pragma omp parallel for collapse(2) schedule(static) if (B * H * N * C * D > 65536)
     for (int64_t b = 0; b < B; ++b)

@@ -8,7 +8,7 @@ numbers they draw, so what a figure shows can be checked against the report.
     plot_firing_rates(report, path)
     plot_energy_split(ann_report, snn_report, path)
 
-Categories are those of ``stac.frontier.energy_split``: spiking layers (synaptic ops, neurons, spike-weight
+Categories are those of ``stac.frontier.energy_split`` (attention by ``stac.energy.is_attention``): spiking layers (synaptic ops, neurons, spike-weight
 accumulation), dense matmuls, attention (QK^T, AV, softmax, RoPE, or with spiking attention its query and
 softmax-weight encoders) and the remaining element-wise work. "Outside the blocks" holds the lm_head, the
 final norm and the embeddings.
@@ -19,8 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .energy import EnergyReport
-from .frontier import _is_attention
+from .energy import EnergyReport, is_attention
 
 # A module inside decoder block i: Llama's model.layers.i, GPT-2's transformer.h.i
 _BLOCK = re.compile(r"\.(?:layers|h)\.(\d+)[.:]")
@@ -59,7 +58,7 @@ def energy_by_block(report: EnergyReport) -> dict[str, list[float]]:
     split = {c: [0.0] * (blocks + 1) for c in CATEGORIES}
     for layer in report.per_layer:
         block = block_of(layer.name)
-        category = "attention" if _is_attention(layer.name) else layer.kind
+        category = "attention" if is_attention(layer.name) else layer.kind
         split[category][blocks if block is None else block] += layer.energy_j / report.tokens
     return split
 

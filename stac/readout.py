@@ -74,10 +74,10 @@ class SpikingReadout(SpikingLinear):
                 segment, done = ((upto - done) * code.unit).to(dtype), upto
             else:
                 segment = SpikeCode(code.coding, code.unit, code.step_weights[start:end], train=code.train[start:end])
-            if value is None and code.train is None:
-                value = self._bias(self._rows(segment, weight, None), base) if self._row_kernel(segment, base) else base(segment)
-            elif value is None:
+            if value is None and code.train is not None:
                 value = self._bias(self.train_sum(segment, base), base)
+            elif value is None:  # base's own call where the kernel cannot read the weights (keeps its hooks)
+                value = self._bias(self._rows(segment, weight, None), base) if self._row_kernel(segment, base) else base(segment)
             else:
                 value = self._add_kept(value, keep, base, weight, segment)
             if i < len(self.stages):
