@@ -16,7 +16,7 @@ segments of steps between decisions:
 At decode sizes (up to 16 positions) the closed form runs each segment through the compiled row kernel
 (``stac.kernels.rows_linear``), which reads only the rows of the outputs still running, in place; a gather
 of those rows would copy them first. On the reference CPU it also beats torch's matmul for the whole
-49,152 x 576 head (4 ms against 11 ms per token, docs/benchmark.md).
+49,152 x 576 head (3.1 ms against 11.4 ms per token, docs/experiments/kernel_micro.py).
 
 What each decision kept is recorded per position (``last_kept``, counts) for the energy meter to read.
 """

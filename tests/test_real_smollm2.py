@@ -131,7 +131,8 @@ def test_cached_decoding_follows_the_full_recomputation(smollm2):
     without it, or within 1 nat of it. Not token for token: one new position runs through the matmuls in
     another order than a whole sequence does, and a channel near a rounding tie then takes the
     neighbouring level. Measured on the default: the logits within 5 nats of the best differ by up to 0.77
-    nats between the two (0.72 with float attention, the previous default)."""
+    nats between the two (0.72 with float attention, the previous default;
+    docs/experiments/cache_noise.py)."""
     _, tok, snn = smollm2
     for text in CHAT[:2]:
         enc = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
